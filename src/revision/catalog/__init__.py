@@ -1,0 +1,13 @@
+"""Product catalog: import (H&M layout or any table with a column map), validation, storage."""
+
+from revision.catalog.schema import PRODUCT_SCHEMA, REJECT_SCHEMA, load_products
+from revision.catalog.importer import ImportReport, import_hm, import_table
+
+__all__ = [
+    "PRODUCT_SCHEMA",
+    "REJECT_SCHEMA",
+    "ImportReport",
+    "import_hm",
+    "import_table",
+    "load_products",
+]
