@@ -28,6 +28,7 @@ def progress(items: Iterable[T], total: int | None = None, description: str = ""
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=_console, transient=True,
-                  disable=not _console.is_terminal) as bar:
+    with Progress(
+        *columns, console=_console, transient=True, disable=not _console.is_terminal
+    ) as bar:
         yield from bar.track(items, total=total, description=description)

@@ -50,7 +50,7 @@ class Warehouse:
         return self.root / name
 
     def artifact(self, *parts: str) -> Path:
-        """Path of a non-tabular artefact (created parent folder), e.g. `artifact("index", "hnsw.faiss")`."""
+        """Path of a non-tabular artefact file; its folder is created."""
         path = self.root.joinpath("artifacts", *parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
@@ -110,10 +110,14 @@ class Warehouse:
                 f"table {name!r} not found in warehouse {self.root} (run the stage that writes it)"
             )
         folder = self.table_dir(name)
-        keys = [seg.split("=", 1)[0] for seg in files[0].relative_to(folder).parts[:-1] if "=" in seg]
+        keys = [
+            seg.split("=", 1)[0] for seg in files[0].relative_to(folder).parts[:-1] if "=" in seg
+        ]
         partitioning = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive")
         return ds.dataset(
-            [str(f) for f in files], format="parquet", partitioning=partitioning,
+            [str(f) for f in files],
+            format="parquet",
+            partitioning=partitioning,
             partition_base_dir=str(folder),
         )
 

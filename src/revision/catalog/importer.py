@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from revision.progress import progress
 
 from revision.catalog.schema import (
     OPTIONAL_FIELDS,
@@ -26,6 +25,7 @@ from revision.catalog.schema import (
     REJECTS,
 )
 from revision.errors import InputError
+from revision.progress import progress
 from revision.vision.images import load_image
 from revision.warehouse import Warehouse
 
@@ -164,8 +164,13 @@ def _import(
         for row in rows.itertuples():
             text = reason(row) if callable(reason) else reason
             rejects.append(
-                {"source": source, "row": int(row.src_row), "product_id": row.product_id,
-                 "field": fld, "reason": text}
+                {
+                    "source": source,
+                    "row": int(row.src_row),
+                    "product_id": row.product_id,
+                    "field": fld,
+                    "reason": text,
+                }
             )
 
     bad = out["product_id"].isna() | (out["product_id"] == "")
@@ -194,11 +199,13 @@ def _import(
         old = warehouse.read_pandas(PRODUCTS)
         merged = pd.concat([old[~old["product_id"].isin(out["product_id"])], out])
     merged = merged.sort_values("product_id").reset_index(drop=True)
-    warehouse.write(PRODUCTS, pa.Table.from_pandas(merged, schema=PRODUCT_SCHEMA,
-                                                   preserve_index=False))
+    warehouse.write(
+        PRODUCTS, pa.Table.from_pandas(merged, schema=PRODUCT_SCHEMA, preserve_index=False)
+    )
     _write_rejects(warehouse, source, rejects)
-    return ImportReport(source, imported=len(out), rejected=len(rejects), total=len(merged),
-                        rejects=rejects)
+    return ImportReport(
+        source, imported=len(out), rejected=len(rejects), total=len(merged), rejects=rejects
+    )
 
 
 def _resolve(root: Path, value: str) -> str:
@@ -230,5 +237,6 @@ def _write_rejects(warehouse: Warehouse, source: str, rejects: list[dict]) -> No
         old = warehouse.read_pandas(REJECTS)
         keep = old[old["source"] != source]
     table = pd.concat([keep, pd.DataFrame(rejects, columns=keep.columns)], ignore_index=True)
-    warehouse.write(REJECTS, pa.Table.from_pandas(table, schema=REJECT_SCHEMA,
-                                                  preserve_index=False))
+    warehouse.write(
+        REJECTS, pa.Table.from_pandas(table, schema=REJECT_SCHEMA, preserve_index=False)
+    )

@@ -27,8 +27,16 @@ PRODUCT_SCHEMA = pa.schema(
     ]
 )
 # Fields a column map may name (besides id, title and image, which are required).
-OPTIONAL_FIELDS = ("description", "category", "colour", "pattern", "department", "index_group",
-                   "price", "variant_group")
+OPTIONAL_FIELDS = (
+    "description",
+    "category",
+    "colour",
+    "pattern",
+    "department",
+    "index_group",
+    "price",
+    "variant_group",
+)
 
 REJECT_SCHEMA = pa.schema(
     [

@@ -18,9 +18,12 @@ def import_(
     format: Annotated[str, typer.Option("--format", help="hm or table.")] = "hm",
     map_: Annotated[
         list[str] | None,
-        typer.Option("--map", help="FIELD=COLUMN for --format table (id, title, image, "
-                     "description, category, colour, pattern, department, index_group, price, "
-                     "variant_group)."),
+        typer.Option(
+            "--map",
+            help="FIELD=COLUMN for --format table (id, title, image, "
+            "description, category, colour, pattern, department, index_group, price, "
+            "variant_group).",
+        ),
     ] = None,
     images: Annotated[
         str | None, typer.Option("--images", help="Folder that image paths are relative to.")
@@ -37,7 +40,8 @@ def import_(
 
       revision catalog import ../shared/data/hm --format hm
 
-      revision catalog import items.csv --format table --map id=sku --map title=name --map image=photo
+      revision catalog import items.csv --format table \\
+        --map id=sku --map title=name --map image=photo
     """
     from revision.catalog.importer import import_hm, import_table, parse_column_map
 
@@ -51,8 +55,10 @@ def import_(
     if json:
         print_json(report.as_dict())
         return
-    console.print(f"imported {report.imported} products from {report.source}; "
-                  f"rejected {report.rejected}; catalog now holds {report.total}")
+    console.print(
+        f"imported {report.imported} products from {report.source}; "
+        f"rejected {report.rejected}; catalog now holds {report.total}"
+    )
     for r in report.rejects[:10]:
         console.print(f"  [yellow]{r['source']} row {r['row']}[/] {r['field']}: {r['reason']}")
     if report.rejected > 10:
@@ -72,8 +78,10 @@ def info(warehouse: WarehouseOpt = None, json: JsonOpt = False) -> None:
         "products": len(products),
         "priced": int(products["price"].notna().sum()),
         "variant_groups": int(products["variant_group"].nunique()),
-        **{f"{c}_values": int(products[c].nunique())
-           for c in ("category", "colour", "pattern", "department", "index_group")},
+        **{
+            f"{c}_values": int(products[c].nunique())
+            for c in ("category", "colour", "pattern", "department", "index_group")
+        },
     }
     if json:
         print_json(summary)

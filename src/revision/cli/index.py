@@ -25,12 +25,15 @@ def build(
     """
     from revision.search.engine import build_index
 
-    summary = build_index(open_warehouse(warehouse), m=m, ef_construction=ef_construction,
-                          ef_search=ef_search)
+    summary = build_index(
+        open_warehouse(warehouse), m=m, ef_construction=ef_construction, ef_search=ef_search
+    )
     if json:
         print_json(summary)
         return
-    console.print(f"indexed {summary['products']} products (embedding {summary['embed_s']} s, "
-                  f"HNSW {summary['hnsw_build_s']} s, exact {summary['flat_build_s']} s)")
+    console.print(
+        f"indexed {summary['products']} products (embedding {summary['embed_s']} s, "
+        f"HNSW {summary['hnsw_build_s']} s, exact {summary['flat_build_s']} s)"
+    )
     for fail in summary["failed"][:10]:
         console.print(f"  [yellow]skipped[/] {fail['error']}")

@@ -38,11 +38,13 @@ def search(
         if json:
             print_json(response.as_dict())
             continue
-        console.print(f"[bold]{image}[/]  relevance {response.relevance:.3f}  "
-                      f"({response.latency_ms:.1f} ms)")
+        console.print(
+            f"[bold]{image}[/]  relevance {response.relevance:.3f}  ({response.latency_ms:.1f} ms)"
+        )
         for hit in response.results:
             price = "-" if hit.price is None else f"{hit.price:.4f}"
-            console.print(f"  {hit.rank:>2}. {hit.product_id}  {hit.score:.3f}  {price:>7}  "
-                          f"{hit.title}")
+            console.print(
+                f"  {hit.rank:>2}. {hit.product_id}  {hit.score:.3f}  {price:>7}  {hit.title}"
+            )
     if failed:
         raise typer.Exit(1 if failed < len(images) else 2)

@@ -29,18 +29,28 @@ def train_attributes(
     """
     from revision.vision.training import train_attributes as train
 
-    report = train(open_warehouse(warehouse), augment=augment, eval_queries=eval_queries,
-                   epochs=epochs, seed=seed)
+    report = train(
+        open_warehouse(warehouse),
+        augment=augment,
+        eval_queries=eval_queries,
+        epochs=epochs,
+        seed=seed,
+    )
     if json:
         print_json(report)
         return
-    console.print(f"trained on {report['train_rows']} rows; held out {report['test_products']} "
-                  f"products; saved {report['path']}")
-    console.print(f"{'attribute':>12} {'classes':>7} {'accuracy':>8} {'user photo':>10} "
-                  f"{'majority':>8}")
+    console.print(
+        f"trained on {report['train_rows']} rows; held out {report['test_products']} "
+        f"products; saved {report['path']}"
+    )
+    console.print(
+        f"{'attribute':>12} {'classes':>7} {'accuracy':>8} {'user photo':>10} {'majority':>8}"
+    )
     for attr, r in report["attributes"].items():
-        console.print(f"{attr:>12} {r['classes']:>7} {r['accuracy']:>8.3f} "
-                      f"{r['query_photo_accuracy'] or 0:>10.3f} {r['majority_baseline']:>8.3f}")
+        console.print(
+            f"{attr:>12} {r['classes']:>7} {r['accuracy']:>8.3f} "
+            f"{r['query_photo_accuracy'] or 0:>10.3f} {r['majority_baseline']:>8.3f}"
+        )
 
 
 @app.command("attributes")
@@ -65,13 +75,17 @@ def attributes(
     hist = get_image_encoder("colour-hist")
     for path in images:
         prediction = heads.predict(photo_features(engine, hist, load_image(path)))[0]
-        out = {"image": path, **{a: {"label": lab, "p": round(p, 4)}
-                                 for a, (lab, p) in prediction.items()}}
+        out = {
+            "image": path,
+            **{a: {"label": lab, "p": round(p, 4)} for a, (lab, p) in prediction.items()},
+        }
         if json:
             print_json(out)
         else:
-            console.print(f"[bold]{path}[/] " + ", ".join(
-                f"{a}={lab} ({p:.2f})" for a, (lab, p) in prediction.items()))
+            console.print(
+                f"[bold]{path}[/] "
+                + ", ".join(f"{a}={lab} ({p:.2f})" for a, (lab, p) in prediction.items())
+            )
 
 
 @app.command("query-photo")
@@ -116,7 +130,14 @@ def ocr(
     for path in images:
         lines = reader.read(path)
         if json:
-            print_json({"image": path, "lines": [
-                {"text": ln.text, "box": ln.box, "score": round(ln.score, 4)} for ln in lines]})
+            print_json(
+                {
+                    "image": path,
+                    "lines": [
+                        {"text": ln.text, "box": ln.box, "score": round(ln.score, 4)}
+                        for ln in lines
+                    ],
+                }
+            )
         else:
             console.print(f"[bold]{path}[/]: " + " | ".join(ln.text for ln in lines))

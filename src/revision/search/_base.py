@@ -74,8 +74,13 @@ class SearchResponse:
         out = {
             "query": self.query,
             "results": [
-                {"product_id": h.product_id, "score": round(h.score, 6), "rank": h.rank,
-                 "title": h.title, "price": h.price}
+                {
+                    "product_id": h.product_id,
+                    "score": round(h.score, 6),
+                    "rank": h.rank,
+                    "title": h.title,
+                    "price": h.price,
+                }
                 for h in self.results
             ],
             "relevance": round(self.relevance, 6),

@@ -24,8 +24,13 @@ IMAGE_HASHES = "catalog/image_hashes"
 
 
 class SearchEngine:
-    def __init__(self, warehouse: Warehouse, products: pd.DataFrame, index: VectorIndex,
-                 encoder: ImageEncoder):
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        products: pd.DataFrame,
+        index: VectorIndex,
+        encoder: ImageEncoder,
+    ):
         self.warehouse = warehouse
         self.products = products.set_index("product_id", drop=False)
         self.index = index
@@ -33,14 +38,15 @@ class SearchEngine:
         self.row_of = {pid: i for i, pid in enumerate(index.ids_)}
         prices = products["price"].astype(object).where(products["price"].notna(), None)
         # (title, price) per product: the hot path builds hits without touching pandas
-        self.labels = dict(zip(products["product_id"], zip(products["title"], prices,
-                                                             strict=True), strict=True))
+        self.labels = dict(
+            zip(products["product_id"], zip(products["title"], prices, strict=True), strict=True)
+        )
 
     @classmethod
     def open(cls, warehouse: Warehouse, kind: str = "hnsw") -> SearchEngine:
         index = VectorIndex.load(warehouse.artifact_dir(*INDEX_DIR, kind))
         products = load_products(warehouse)
-        encoder = get_image_encoder(cache_dir=warehouse.artifact_dir("models"))
+        encoder = get_image_encoder()
         return cls(warehouse, products, index, encoder)
 
     @cached_property
@@ -54,8 +60,13 @@ class SearchEngine:
         return self.encoder.encode([image])[0]
 
 
-def build_index(warehouse: Warehouse, kinds=("hnsw", "flat"), m: int = 32,
-                ef_construction: int = 200, ef_search: int = 128) -> dict:
+def build_index(
+    warehouse: Warehouse,
+    kinds=("hnsw", "flat"),
+    m: int = 32,
+    ef_construction: int = 200,
+    ef_search: int = 128,
+) -> dict:
     """Embed every catalog photo (cached) and build the FAISS indexes; returns a summary."""
     import time
 
@@ -64,16 +75,22 @@ def build_index(warehouse: Warehouse, kinds=("hnsw", "flat"), m: int = 32,
     started = time.perf_counter()
     failures: list[tuple[str, str]] = []
     vectors, hashes = embedder.embed_paths(
-        products["image_path"].tolist(), on_error=lambda p, e: failures.append((p, str(e))),
+        products["image_path"].tolist(),
+        on_error=lambda p, e: failures.append((p, str(e))),
         description="embedding catalog",
     )
     embed_s = time.perf_counter() - started
     ok = np.array([bool(h) for h in hashes])
     ids = products["product_id"][ok].tolist()
-    warehouse.write(IMAGE_HASHES, pa.table({"product_id": products["product_id"].tolist(),
-                                            "image_hash": hashes}))
-    summary = {"products": len(ids), "embed_s": round(embed_s, 2),
-               "failed": [{"image": p, "error": e} for p, e in failures]}
+    warehouse.write(
+        IMAGE_HASHES,
+        pa.table({"product_id": products["product_id"].tolist(), "image_hash": hashes}),
+    )
+    summary = {
+        "products": len(ids),
+        "embed_s": round(embed_s, 2),
+        "failed": [{"image": p, "error": e} for p, e in failures],
+    }
     for kind in progress(kinds, description="building indexes"):
         started = time.perf_counter()
         index = VectorIndex(kind, m=m, ef_construction=ef_construction, ef_search=ef_search)

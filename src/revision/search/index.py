@@ -18,8 +18,9 @@ KINDS = ("hnsw", "flat")
 
 
 class VectorIndex:
-    def __init__(self, kind: str = "hnsw", m: int = 32, ef_construction: int = 200,
-                 ef_search: int = 128):
+    def __init__(
+        self, kind: str = "hnsw", m: int = 32, ef_construction: int = 200, ef_search: int = 128
+    ):
         if kind not in KINDS:
             raise InputError(f"unknown index kind {kind!r}; valid: {', '.join(KINDS)}")
         self.kind = kind
@@ -72,10 +73,17 @@ class VectorIndex:
         tmp = folder / f"{self.kind}.faiss.tmp"
         faiss.write_index(self.index_, str(tmp))
         np.save(folder / "vectors.npy", self.vectors_)
-        (folder / "meta.json").write_text(json.dumps({
-            "kind": self.kind, "m": self.m, "ef_construction": self.ef_construction,
-            "ef_search": self.ef_search, "ids": self.ids_,
-        }))
+        (folder / "meta.json").write_text(
+            json.dumps(
+                {
+                    "kind": self.kind,
+                    "m": self.m,
+                    "ef_construction": self.ef_construction,
+                    "ef_search": self.ef_search,
+                    "ids": self.ids_,
+                }
+            )
+        )
         tmp.replace(folder / f"{self.kind}.faiss")
         return folder
 

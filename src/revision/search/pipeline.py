@@ -28,8 +28,12 @@ def relevance(results: Sequence[Hit]) -> float:
 
 
 class SearchPipeline:
-    def __init__(self, engine: SearchEngine, hooks: Mapping[Stage, Sequence[Hook]] | None = None,
-                 recall_k: int = 100):
+    def __init__(
+        self,
+        engine: SearchEngine,
+        hooks: Mapping[Stage, Sequence[Hook]] | None = None,
+        recall_k: int = 100,
+    ):
         self.engine = engine
         self.recall_k = recall_k
         self.hooks: dict[Stage, list[Hook]] = {s: list((hooks or {}).get(s, ())) for s in Stage}
@@ -40,22 +44,32 @@ class SearchPipeline:
         return SearchPipeline(self.engine, merged, self.recall_k)
 
     # -- entry points --------------------------------------------------------------------------
-    def search(self, image, *, top_k: int = 10, source: str | None = None,
-               request_id: str | None = None) -> SearchResponse:
+    def search(
+        self, image, *, top_k: int = 10, source: str | None = None, request_id: str | None = None
+    ) -> SearchResponse:
         """Search with a photo (a path, bytes or a PIL image)."""
         started = time.perf_counter()
         if isinstance(image, str | bytes) or hasattr(image, "__fspath__"):
             source = source or str(image)
             image = load_image(image)
-        query = Query(source=source or "<image>", image=image, top_k=top_k,
-                      request_id=request_id)
+        query = Query(source=source or "<image>", image=image, top_k=top_k, request_id=request_id)
         return self.run(query, started)
 
-    def search_vector(self, vector: np.ndarray, *, top_k: int = 10, source: str = "<vector>",
-                      request_id: str | None = None) -> SearchResponse:
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        top_k: int = 10,
+        source: str = "<vector>",
+        request_id: str | None = None,
+    ) -> SearchResponse:
         """Search with a precomputed query embedding (the simulator's fast path)."""
-        query = Query(source=source, vector=np.asarray(vector, dtype=np.float32),
-                      top_k=top_k, request_id=request_id)
+        query = Query(
+            source=source,
+            vector=np.asarray(vector, dtype=np.float32),
+            top_k=top_k,
+            request_id=request_id,
+        )
         return self.run(query, time.perf_counter())
 
     def run(self, query: Query, started: float | None = None) -> SearchResponse:
@@ -75,9 +89,13 @@ class SearchPipeline:
             for hook in self.hooks[stage]:
                 hook(ctx)
         return SearchResponse(
-            query=query.source, results=ctx.results, relevance=relevance(ctx.results),
-            latency_ms=(time.perf_counter() - started) * 1000, cues=ctx.cues,
-            applied=ctx.applied, trace=ctx.trace,
+            query=query.source,
+            results=ctx.results,
+            relevance=relevance(ctx.results),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            cues=ctx.cues,
+            applied=ctx.applied,
+            trace=ctx.trace,
         )
 
     # -- default stage work --------------------------------------------------------------------
@@ -91,8 +109,9 @@ class SearchPipeline:
         k = max(self.recall_k, ctx.query.top_k)
         scores, rows = self.engine.index.search(ctx.query.vector, k)
         ids = self.engine.index.ids_
-        ctx.candidates = [self.hit(ids[r], float(s)) for s, r in zip(scores[0], rows[0],
-                                                                     strict=True) if r >= 0]
+        ctx.candidates = [
+            self.hit(ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0
+        ]
 
     def _rank(self, ctx: SearchContext) -> None:
         ctx.candidates.sort(key=lambda h: h.score, reverse=True)

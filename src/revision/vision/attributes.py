@@ -40,6 +40,7 @@ def colour_histogram(image: Image.Image) -> np.ndarray:
 
 def histograms(images_or_paths, loader=None) -> np.ndarray:
     """Histograms for many images, decoded in threads when given paths."""
+
     def one(item):
         return colour_histogram(loader(item) if loader else item)
 
@@ -51,8 +52,16 @@ def histograms(images_or_paths, loader=None) -> np.ndarray:
 class AttributeHeads:
     """Multi-task MLP over [embedding, colour histogram]; scikit-learn style estimator."""
 
-    def __init__(self, attributes=ATTRIBUTES, hidden: int = 512, epochs: int = 30,
-                 lr: float = 1e-3, batch_size: int = 256, min_count: int = 3, seed: int = 0):
+    def __init__(
+        self,
+        attributes=ATTRIBUTES,
+        hidden: int = 512,
+        epochs: int = 30,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        min_count: int = 3,
+        seed: int = 0,
+    ):
         self.attributes = tuple(attributes)
         self.hidden = hidden
         self.epochs = epochs
@@ -68,8 +77,10 @@ class AttributeHeads:
             def __init__(self, sizes: list[int]):
                 super().__init__()
                 self.trunk = torch.nn.Sequential(
-                    torch.nn.Dropout(0.2), torch.nn.Linear(in_dim, self_.hidden),
-                    torch.nn.GELU(), torch.nn.Dropout(0.3),
+                    torch.nn.Dropout(0.2),
+                    torch.nn.Linear(in_dim, self_.hidden),
+                    torch.nn.GELU(),
+                    torch.nn.Dropout(0.3),
                 )
                 self.heads = torch.nn.ModuleList(torch.nn.Linear(self_.hidden, n) for n in sizes)
 
@@ -109,14 +120,16 @@ class AttributeHeads:
             order = torch.randperm(len(inputs))
             total = 0.0
             for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
+                batch = order[start : start + self.batch_size]
                 outputs = self.model_(inputs[batch])
-                loss = sum(torch.nn.functional.cross_entropy(out, y[batch], label_smoothing=0.1)
-                           for out, y in zip(outputs, targets, strict=True))
+                loss = sum(
+                    torch.nn.functional.cross_entropy(out, y[batch], label_smoothing=0.1)
+                    for out, y in zip(outputs, targets, strict=True)
+                )
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-                total += float(loss) * len(batch)
+                total += loss.item() * len(batch)
             self.loss_history_.append(total / len(inputs))
         self.model_.eval()
         return self
@@ -129,8 +142,10 @@ class AttributeHeads:
         x = (np.atleast_2d(np.asarray(features, dtype=np.float32)) - self.mean_) / self.scale_
         with torch.inference_mode():
             outputs = self.model_(torch.from_numpy(x.astype(np.float32)))
-        return {a: torch.softmax(o, dim=1).numpy() for a, o in zip(self.attributes, outputs,
-                                                                   strict=True)}
+        return {
+            a: torch.softmax(o, dim=1).numpy()
+            for a, o in zip(self.attributes, outputs, strict=True)
+        }
 
     def predict(self, features: np.ndarray) -> list[dict[str, tuple[str, float]]]:
         """Per row: {attribute: (label, probability)} for the most likely label."""
@@ -147,10 +162,16 @@ class AttributeHeads:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"attributes": list(self.attributes), "hidden": self.hidden,
-                "classes": self.classes_}
-        state = {"model": self.model_.state_dict(), "mean": torch.from_numpy(self.mean_),
-                 "scale": torch.from_numpy(self.scale_)}
+        meta = {
+            "attributes": list(self.attributes),
+            "hidden": self.hidden,
+            "classes": self.classes_,
+        }
+        state = {
+            "model": self.model_.state_dict(),
+            "mean": torch.from_numpy(self.mean_),
+            "scale": torch.from_numpy(self.scale_),
+        }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)

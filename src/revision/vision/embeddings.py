@@ -61,8 +61,14 @@ class EmbeddingCache:
         block = np.stack([v for _, v in new]).astype(np.float32)
         self.folder.mkdir(parents=True, exist_ok=True)
         vector_type = pa.list_(pa.float32(), self.dim)
-        table = pa.table({"hash": keys, "vector": pa.FixedSizeListArray.from_arrays(
-            pa.array(block.ravel()), self.dim).cast(vector_type)})
+        table = pa.table(
+            {
+                "hash": keys,
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(block.ravel()), self.dim).cast(
+                    vector_type
+                ),
+            }
+        )
         shard = self.folder / f"shard-{uuid.uuid4().hex}.parquet"
         tmp = shard.with_suffix(".tmp")
         pq.write_table(table, tmp)
@@ -77,7 +83,7 @@ class ImageEmbedder:
 
     def __init__(self, warehouse: Warehouse, encoder: ImageEncoder | None = None):
         self.warehouse = warehouse
-        self.encoder = encoder or get_image_encoder(cache_dir=warehouse.artifact_dir("models"))
+        self.encoder = encoder or get_image_encoder()
         self.cache = EmbeddingCache(
             warehouse.artifact_dir("cache", "image_embeddings", self.encoder.name),
             self.encoder.dim,
@@ -98,13 +104,14 @@ class ImageEmbedder:
         for path in paths:
             try:
                 keys.append(content_hash(path))
-            except Exception as exc:  # noqa: BLE001 - reported per file below
+            except Exception as exc:
                 if on_error is None:
                     raise
                 on_error(path, exc)
                 keys.append("")
-        todo = sorted({(k, p) for k, p in zip(keys, paths, strict=True)
-                       if k and k not in self.cache})
+        todo = sorted(
+            {(k, p) for k, p in zip(keys, paths, strict=True) if k and k not in self.cache}
+        )
         pending_keys: list[str] = []
         pending_vecs: list[np.ndarray] = []
         for key, path in progress(todo, total=len(todo), description=description):

@@ -8,7 +8,9 @@ Any other encoder (a CLIP or product-embedding model) plugs in behind `ImageEnco
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +19,13 @@ import numpy as np
 from PIL import Image
 
 from revision.errors import InputError
+
+
+def model_cache_dir() -> Path:
+    """Where derived model files (the exported ONNX graph) live: `$REVISION_CACHE`, else
+    `~/.cache/revision`. They depend only on the shipped weights, so warehouses share them."""
+    return Path(os.environ.get("REVISION_CACHE") or Path.home() / ".cache" / "revision")
+
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -55,12 +64,13 @@ class EfficientNetLite0(ImageEncoder):
     input_size = (224, 320)  # (width, height)
     gem_p = 3.0
 
-    def __init__(self, runtime: str = "auto", cache_dir: str | Path | None = None,
-                 threads: int = 2):
+    def __init__(
+        self, runtime: str = "auto", cache_dir: str | Path | None = None, threads: int = 2
+    ):
         if runtime not in ("auto", "onnx", "torch"):
             raise ValueError(f"runtime {runtime!r}: use auto, onnx or torch")
         self.runtime = runtime
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_dir = Path(cache_dir) if cache_dir else model_cache_dir()
         self.threads = threads
         self.name = "effnet-lite0-gem"
         self._run = None
@@ -141,8 +151,7 @@ class EfficientNetLite0(ImageEncoder):
         return run
 
     def _onnx_path(self) -> Path:
-        base = self.cache_dir or Path.home() / ".cache" / "revision"
-        return base / f"{self.name}-{self.input_size[0]}x{self.input_size[1]}.onnx"
+        return self.cache_dir / f"{self.name}-{self.input_size[0]}x{self.input_size[1]}.onnx"
 
     def _export_onnx(self, path: Path) -> None:
         import contextlib
@@ -154,11 +163,17 @@ class EfficientNetLite0(ImageEncoder):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         dummy = torch.zeros(1, 3, self.input_size[1], self.input_size[0])
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (dummy,), str(tmp), input_names=["image"], output_names=["embedding"],
+                model,
+                (dummy,),
+                str(tmp),
+                input_names=["image"],
+                output_names=["embedding"],
                 dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
-                opset_version=17, dynamo=False,
+                opset_version=17,
+                dynamo=False,
             )
         tmp.replace(path)
 

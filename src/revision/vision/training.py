@@ -35,13 +35,21 @@ def photo_features(engine: SearchEngine, hist_encoder, image) -> np.ndarray:
     return np.concatenate([engine.encode(image), hist_encoder.encode([image])[0]])
 
 
-def train_attributes(warehouse: Warehouse, *, augment: int = 2000, eval_queries: int = 300,
-                     test_size: float = 0.2, epochs: int = 30, seed: int = 0) -> dict:
+def train_attributes(
+    warehouse: Warehouse,
+    *,
+    augment: int = 2000,
+    eval_queries: int = 300,
+    test_size: float = 0.2,
+    epochs: int = 30,
+    seed: int = 0,
+) -> dict:
     engine = SearchEngine.open(warehouse)
     products = load_products(warehouse).set_index("product_id").loc[engine.index.ids_]
     hist_encoder = get_image_encoder("colour-hist")
     hists, _ = ImageEmbedder(warehouse, hist_encoder).embed_paths(
-        products["image_path"].tolist(), description="colour histograms")
+        products["image_path"].tolist(), description="colour histograms"
+    )
     features = np.hstack([engine.index.vectors_, hists])
     labels = products[list(ATTRIBUTES)].reset_index(drop=True)
 
@@ -52,8 +60,11 @@ def train_attributes(warehouse: Warehouse, *, augment: int = 2000, eval_queries:
     def user_photos(rows: np.ndarray, description: str) -> np.ndarray:
         out = []
         for i, row in enumerate(progress(rows, total=len(rows), description=description)):
-            photo = make_query_photo(load_image(products["image_path"].iloc[row]),
-                                     "medium", seed=seed * 1_000_003 + int(row) + i)
+            photo = make_query_photo(
+                load_image(products["image_path"].iloc[row]),
+                "medium",
+                seed=seed * 1_000_003 + int(row) + i,
+            )
             out.append(photo_features(engine, hist_encoder, photo))
         return np.stack(out) if out else np.zeros((0, features.shape[1]), np.float32)
 
@@ -66,8 +77,12 @@ def train_attributes(warehouse: Warehouse, *, augment: int = 2000, eval_queries:
         np.vstack([features[train], extra_x]),
         pd.concat([labels.iloc[train], labels.iloc[extra]], ignore_index=True),
     )
-    report: dict = {"train_rows": int(len(train) + len(extra)), "test_products": int(len(test)),
-                    "query_photos": int(len(probe)), "attributes": {}}
+    report: dict = {
+        "train_rows": int(len(train) + len(extra)),
+        "test_products": len(test),
+        "query_photos": len(probe),
+        "attributes": {},
+    }
     for attr, pred, truth in _accuracy_inputs(heads, features[test], labels.iloc[test]):
         q_pred = [p[attr][0] for p in heads.predict(probe_x)] if len(probe) else []
         q_truth = _normalised(heads, attr, labels.iloc[probe][attr])
@@ -76,7 +91,8 @@ def train_attributes(warehouse: Warehouse, *, augment: int = 2000, eval_queries:
             "classes": len(heads.classes_[attr]),
             "accuracy": round(float((pred == truth).mean()), 4),
             "query_photo_accuracy": round(float(np.mean(np.array(q_pred) == q_truth)), 4)
-            if len(probe) else None,
+            if len(probe)
+            else None,
             "majority_baseline": round(float(majority), 4),
         }
     path = heads.save(heads_path(warehouse))
@@ -87,8 +103,12 @@ def train_attributes(warehouse: Warehouse, *, augment: int = 2000, eval_queries:
 
 def _normalised(heads: AttributeHeads, attr: str, values: pd.Series) -> np.ndarray:
     known = set(heads.classes_[attr])
-    return values.fillna("unknown").astype(str).map(lambda v: v if v in known else "unknown"
-                                                    ).to_numpy()
+    return (
+        values.fillna("unknown")
+        .astype(str)
+        .map(lambda v: v if v in known else "unknown")
+        .to_numpy()
+    )
 
 
 def _accuracy_inputs(heads: AttributeHeads, x: np.ndarray, labels: pd.DataFrame):

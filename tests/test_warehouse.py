@@ -1,0 +1,49 @@
+import pyarrow as pa
+import pytest
+
+from revision.errors import InputError, MissingArtifactError
+from revision.warehouse import DEFAULT_DIR, Warehouse, resolve_root
+
+
+def test_root_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("REVISION_HOME", str(tmp_path / "env"))
+    assert resolve_root(tmp_path / "arg") == tmp_path / "arg"
+    assert resolve_root(None) == tmp_path / "env"
+    monkeypatch.delenv("REVISION_HOME")
+    assert str(resolve_root(None)) == DEFAULT_DIR
+
+
+def test_partitioned_round_trip_keeps_partitions_as_strings(tmp_path):
+    wh = Warehouse(tmp_path)
+    wh.write("logs/requests", pa.table({"x": [1, 2]}), {"dt": "2026-11-25", "run": "a"})
+    wh.write("logs/requests", pa.table({"x": [3]}), {"dt": "2026-11-26", "run": "a"})
+    table = wh.read("logs/requests").sort_by("x")
+    assert table.column("x").to_pylist() == [1, 2, 3]
+    assert table.column("dt").to_pylist() == ["2026-11-25", "2026-11-25", "2026-11-26"]
+    assert table.schema.field("dt").type == pa.string()
+    assert (tmp_path / "logs/requests/dt=2026-11-25/run=a/part.parquet").exists()
+
+
+def test_rewrite_replaces_and_leaves_no_temp_files(tmp_path):
+    wh = Warehouse(tmp_path)
+    wh.write("t", pa.table({"x": [1]}))
+    wh.write("t", pa.table({"x": [2]}))
+    assert wh.read("t").column("x").to_pylist() == [2]
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["part.parquet"]
+
+
+def test_duckdb_views_query_tables(tmp_path):
+    wh = Warehouse(tmp_path)
+    wh.write("logs/clicks", pa.table({"x": [1, 2, 3]}), {"dt": "2026-11-25"})
+    con = wh.duckdb("logs/clicks")
+    assert con.execute("select sum(x), min(dt) from logs_clicks").fetchone() == (6, "2026-11-25")
+
+
+def test_bad_names_and_missing_tables_fail_clearly(tmp_path):
+    wh = Warehouse(tmp_path)
+    with pytest.raises(InputError, match="bad table name"):
+        wh.write("../escape", pa.table({"x": [1]}))
+    with pytest.raises(InputError, match="bad partition value"):
+        wh.write("t", pa.table({"x": [1]}), {"dt": "a/b"})
+    with pytest.raises(MissingArtifactError, match="'mining/signals' not found"):
+        wh.read("mining/signals")
