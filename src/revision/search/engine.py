@@ -56,6 +56,13 @@ class SearchEngine:
     def vector_of(self, product_id: str) -> np.ndarray:
         return self.index.vectors_[self.row_of[product_id]]
 
+    def warm_up(self) -> SearchEngine:
+        """Load the encoder now, so the first request's latency is not the model's load time."""
+        from PIL import Image
+
+        self.encode(Image.new("RGB", (32, 32), "white"))
+        return self
+
     def encode(self, image) -> np.ndarray:
         return self.encoder.encode([image])[0]
 

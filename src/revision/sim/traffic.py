@@ -1,0 +1,728 @@
+"""Simulated traffic: users with hidden intents send pool photos through a search pipeline.
+
+Per day: plan the requests (who, when, which photo, which hidden intent), run them through the
+pipeline, play each user's examination and clicks, and write `logs/requests`, `logs/impressions`,
+`logs/clicks`, `logs/orders` and `sim/truth` for that day.
+
+Rules worth knowing:
+
+- `requests` is the total over all days (bots included), split across days by the world's
+  weekday weights (largest remainder, so the counts add up exactly).
+- Every table is partitioned by the request's UTC day and written as
+  `<table>/dt=DAY/part-<variant>.parquet`: re-running a simulation replaces exactly the files it
+  wrote before (no duplicate rows), and two pipelines (A/B arms) simulated under different
+  variant names sit side by side. Clicks and orders go to their request's day, even the rare
+  one after midnight, so each day's four tables are self-contained.
+- A day with no requests (e.g. `--requests 0`, or more days than requests) is not an error: its
+  partitions are written empty (replacing stale files) and the summary lists it in
+  `empty_days`.
+- Randomness comes in two streams per day: the request plan (seed, day) and the users' reactions
+  (seed, day, drawn per request before any search). Two pipelines simulated with the same seed
+  therefore see the same users, photos and intents, and differ only where their responses do.
+- A pipeline without hooks answers a photo the same way every time, so its responses are
+  computed once per distinct photo (memoized); a pipeline with hooks (tools that may read the
+  request) is called for every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+
+from revision.errors import InputError
+from revision.logs.schema import CLICKS, IMPRESSIONS, ORDERS, REQUESTS, SCHEMAS
+from revision.progress import progress
+from revision.search.pipeline import SearchPipeline
+from revision.sim.intents import (
+    INFO,
+    INFO_FIELDS,
+    OTHER_DEPARTMENT,
+    PREFERENCE,
+    CatalogFacts,
+    PredicateParams,
+    UserState,
+    product_rows,
+    satisfied,
+    satisfies,
+    value,
+)
+from revision.sim.photos import PhotoPool, build_pool
+from revision.sim.truth import TRUTH, TRUTH_SCHEMA
+from revision.sim.world import PHOTO_KINDS, World
+from revision.vision.query_photos import LOW_QUALITY_KINDS
+from revision.warehouse import Warehouse
+
+DEFAULT_START = date(2025, 6, 2)  # a Monday; fixed so that the same command gives the same logs
+NO_CLICK_WINDOW_S = 30.0  # the paper's no-click rule: no click within 30 s of the request
+MAX_EXAMINED = 20  # users never look past this rank
+HEAVY_USER_DAY = 25  # mean human requests per user and day above which the summary warns
+_DAY_MS = 86_400_000
+_VARIANT = re.compile(r"^[A-Za-z0-9_.-]+$")
+CATALOG_KIND = "catalog"  # a bot uploading the catalog photo itself
+
+
+@dataclass
+class UserPopulation:
+    ids: list[str]
+    price_sensitivity: np.ndarray
+    patience: np.ndarray
+    activity: np.ndarray
+
+
+def _short_id(*parts) -> str:
+    return hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=6).hexdigest()
+
+
+def make_users(world: World, n: int, seed: int) -> UserPopulation:
+    """`n` human users with seeded profiles (ids look the same as bots' ids)."""
+    spec = world.users
+    rng = np.random.default_rng([seed, 11])
+    act = np.exp(spec.activity.sigma * rng.standard_normal(n))
+    return UserPopulation(
+        ids=[f"u{_short_id(seed, 'user', i)}" for i in range(n)],
+        price_sensitivity=rng.beta(spec.price_sensitivity.a, spec.price_sensitivity.b, n),
+        patience=spec.patience.median * np.exp(spec.patience.sigma * rng.standard_normal(n)),
+        activity=np.minimum(act, spec.activity.cap),
+    )
+
+
+def day_counts(world: World, requests: int, start: date, days: int) -> list[int]:
+    """Total `requests` split over `days` by weekday weight (largest remainder)."""
+    weights = np.array(
+        [world.traffic.weekday[(start + timedelta(d)).weekday()] for d in range(days)], dtype=float
+    )
+    if weights.sum() <= 0:
+        weights = np.ones(days)
+    share = requests * weights / weights.sum()
+    counts = np.floor(share).astype(int)
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[: requests - counts.sum()]] += 1
+    return counts.tolist()
+
+
+def _parse_start(start_date) -> date:
+    if isinstance(start_date, datetime):
+        return start_date.date()
+    if isinstance(start_date, date):
+        return start_date
+    try:
+        return date.fromisoformat(str(start_date))
+    except ValueError:
+        raise InputError(f"--start-date {start_date!r}: expected YYYY-MM-DD") from None
+
+
+def _has_hooks(pipeline: SearchPipeline) -> bool:
+    return type(pipeline) is not SearchPipeline or any(pipeline.hooks.values())
+
+
+class _Simulation:
+    """One `simulate` call: the world, the catalog, the pool and the per-day loop."""
+
+    def __init__(
+        self,
+        world: World,
+        pipeline: SearchPipeline,
+        warehouse: Warehouse,
+        pool: PhotoPool | None,
+        seed: int,
+        variant: str,
+        memoize: bool | None,
+    ):
+        self.world, self.pipeline, self.warehouse = world, pipeline, warehouse
+        self.seed, self.variant = seed, variant
+        engine = pipeline.engine
+        self.engine = engine
+        indexed = engine.products.loc[engine.index.ids_]
+        self.rows = product_rows(indexed)
+        self.params = PredicateParams.from_world(world)
+        self.facts = CatalogFacts(self.rows, self.params, world.catalog.price_tiers)
+        self.pool = (
+            pool if pool is not None else build_pool(world, warehouse, self.rows, engine.encoder)
+        )
+        self.memoize = (not _has_hooks(pipeline)) if memoize is None else memoize
+        self.memo: dict[int, tuple] = {}
+        self.sat_memo: dict[tuple, tuple] = {}
+        self.intents = list(world.intents.enabled())
+        self.specs = [world.intents.enabled()[i] for i in self.intents]
+        self._catalog_hashes: dict[str, str] | None = None
+        self._prepare_priors()
+
+    # -- priors ---------------------------------------------------------------------------------
+    def _product_factor(self, spec, row: dict) -> float:
+        m = spec.multipliers
+        cat = value(row, "category")
+        f = m.category.get(cat, 1.0) if cat is not None else 1.0
+        for group, cats in self.world.catalog.category_groups.items():
+            if cat in cats:
+                f *= m.group.get(group, 1.0)
+        for key in ("colour", "pattern", "department", "index_group"):
+            v = value(row, key)
+            if v is not None:
+                f *= getattr(m, key).get(v, 1.0)
+        return f * m.price_tier.get(self.facts.price_tier(row), 1.0)
+
+    def _prepare_priors(self) -> None:
+        pool = self.pool
+        self.product_index = {pid: i for i, pid in enumerate(pool.products)}
+        kinds = {k: i for i, k in enumerate(PHOTO_KINDS)}
+        base = np.zeros((len(pool.products), len(PHOTO_KINDS), len(self.intents)))
+        self.options: dict[str, dict[str, tuple[list[str], np.ndarray]]] = defaultdict(dict)
+        for p, pid in enumerate(pool.products):
+            row = self.rows[pid]
+            for i, (name, spec) in enumerate(zip(self.intents, self.specs, strict=True)):
+                if spec.prior <= 0 or not self.facts.eligible(name, row):
+                    continue
+                prior = spec.prior * self._product_factor(spec, row)
+                for kind, k in kinds.items():
+                    base[p, k, i] = prior * spec.multipliers.photo.get(kind, 1.0)
+                if name in (OTHER_DEPARTMENT, PREFERENCE):
+                    values, weights = self.facts.preferred_options(name, row)
+                    self.options[name][pid] = (values, np.cumsum(weights) / sum(weights))
+        self.base = base
+        self.sens = np.array([s.price_sensitivity for s in self.specs])
+        photo_kind = np.array([kinds[k] for k in pool.kinds])
+        photo_product = np.array([self.product_index[p] for p in pool.product_ids])
+        self.photo_kind_idx, self.photo_product_idx = photo_kind, photo_product
+        valid = base[photo_product, photo_kind].sum(axis=1) > 0 if len(pool) else np.zeros(0, bool)
+        is_lq = np.array([k not in ("mild", "medium", "hard") for k in pool.kinds], dtype=bool)
+        self.product_photos: list[list[int]] = [[] for _ in pool.products]
+        for j in np.flatnonzero(valid & ~is_lq):
+            self.product_photos[photo_product[j]].append(int(j))
+        self.target_products = np.array([p for p, ph in enumerate(self.product_photos) if ph])
+        if len(self.target_products) == 0:
+            raise InputError(
+                f"world {self.world.name!r}: no intent is possible for any pooled product "
+                "(check the intents' priors and multipliers)"
+            )
+        zipf = (np.arange(len(pool.products)) + 1.0) ** -self.world.catalog.popularity.zipf
+        w = zipf[self.target_products]
+        self.target_cdf = np.cumsum(w) / w.sum()
+        lq = self.world.photos.low_quality
+        self.lq_kinds = [k for k in LOW_QUALITY_KINDS if lq.kinds.get(k, 0) > 0]
+        self.lq_photos = {
+            k: np.flatnonzero(valid & (np.array(pool.kinds) == k)) for k in self.lq_kinds
+        }
+        self.lq_kinds = [k for k in self.lq_kinds if len(self.lq_photos[k])]
+        kw = np.array([lq.kinds[k] for k in self.lq_kinds], dtype=float)
+        self.lq_cdf = np.cumsum(kw) / kw.sum() if len(kw) else kw
+        info = self.world.intents.info
+        if info is not None:
+            fields = [f for f in INFO_FIELDS if info.fields.get(f, 0) > 0]
+            fw = np.array([info.fields[f] for f in fields])
+            self.info_fields = (fields, np.cumsum(fw) / fw.sum())
+
+    # -- the plan of a day ----------------------------------------------------------------------
+    def plan_day(self, n: int, day: int, users: UserPopulation, bot_ids: list[str]) -> dict:
+        """Requests of one day, sorted by time: columns as numpy arrays / lists."""
+        rng = np.random.default_rng([self.seed, 0, day])
+        bots = self.world.bots
+        n_bot = min(n, round(n * bots.share)) if n else 0
+        n_human = n - n_bot
+        if n_human and not users.ids:
+            raise InputError("--users must be at least 1 when there are human requests")
+        plan = {
+            "user": [],
+            "is_bot": [],
+            "t": [],
+            "photo": [],
+            "target": [],
+            "kind": [],
+            "intent": [],
+            "preferred": [],
+            "bot_click_p": [],
+        }
+        self._plan_humans(plan, rng, n_human, users)
+        self._plan_bots(plan, rng, n_bot, len(users.ids), bot_ids)
+        order = np.argsort(np.array(plan["t"], dtype=float), kind="stable")
+        return {k: [v[i] for i in order] for k, v in plan.items()}
+
+    def _hour_times(self, rng, size: int) -> np.ndarray:
+        hourly = np.array(self.world.traffic.hourly, dtype=float)
+        hours = rng.choice(24, size=size, p=hourly / hourly.sum())
+        return (hours + rng.random(size)) * 3600.0
+
+    def _plan_humans(self, plan: dict, rng, n: int, users: UserPopulation) -> None:
+        if n == 0:
+            return
+        spec = self.world.users.sessions
+        who = rng.choice(len(users.ids), size=n, p=users.activity / users.activity.sum())
+        who.sort()
+        fresh = self._hour_times(rng, n)
+        new_session = rng.random(n) < spec.new_session_p
+        gaps = np.maximum(
+            spec.min_gap_s, spec.gap_s.median * np.exp(spec.gap_s.sigma * rng.standard_normal(n))
+        )
+        t = np.empty(n)
+        for r in range(n):
+            cont = r > 0 and who[r] == who[r - 1] and not new_session[r]
+            t[r] = t[r - 1] + gaps[r] if cont else fresh[r]
+        t = np.minimum(t, 86_399.0 + rng.random(n) * 0.999)
+        # photos: a low-quality one at the world's rate, else a pooled product by popularity
+        lq = self.world.photos.low_quality
+        is_lq = (rng.random(n) < lq.rate) & (len(self.lq_kinds) > 0)
+        u_target, u_slot, u_kind = rng.random(n), rng.random(n), rng.random(n)
+        photos = np.empty(n, dtype=int)
+        for r in range(n):
+            if is_lq[r]:
+                cands = self.lq_photos[self.lq_kinds[int(np.searchsorted(self.lq_cdf, u_kind[r]))]]
+            else:
+                p = self.target_products[
+                    min(
+                        int(np.searchsorted(self.target_cdf, u_target[r])),
+                        len(self.target_products) - 1,
+                    )
+                ]
+                cands = self.product_photos[p]
+            photos[r] = cands[min(int(u_slot[r] * len(cands)), len(cands) - 1)]
+        # hidden intents: priors by product and photo, scaled by price sensitivity
+        prod, kind = self.photo_product_idx[photos], self.photo_kind_idx[photos]
+        prior = self.base[prod, kind]
+        s = users.price_sensitivity[who]
+        scaled = prior * np.clip(1 + self.sens[None, :] * (2 * s[:, None] - 1), 0, None)
+        zero = scaled.sum(axis=1) <= 0
+        scaled[zero] = prior[zero]
+        cdf = np.cumsum(scaled, axis=1)
+        pick = (cdf < rng.random(n)[:, None] * cdf[:, -1:]).sum(axis=1)
+        u_pref = rng.random(n)
+        for r in range(n):
+            intent = self.intents[min(int(pick[r]), len(self.intents) - 1)]
+            target = self.pool.product_ids[photos[r]]
+            preferred = None
+            if intent in (OTHER_DEPARTMENT, PREFERENCE):
+                values, cdf_v = self.options[intent][target]
+                preferred = values[min(int(np.searchsorted(cdf_v, u_pref[r])), len(values) - 1)]
+            elif intent == INFO:
+                fields, cdf_f = self.info_fields
+                preferred = fields[min(int(np.searchsorted(cdf_f, u_pref[r])), len(fields) - 1)]
+            plan["user"].append(int(who[r]))
+            plan["is_bot"].append(False)
+            plan["t"].append(float(t[r]))
+            plan["photo"].append(int(photos[r]))
+            plan["target"].append(target)
+            plan["kind"].append(self.pool.kinds[photos[r]])
+            plan["intent"].append(intent)
+            plan["preferred"].append(preferred)
+            plan["bot_click_p"].append(0.0)
+
+    def _plan_bots(self, plan: dict, rng, n: int, n_users: int, bot_ids: list[str]) -> None:
+        if n == 0:
+            return
+        spec = self.world.bots
+        per_bot = (spec.requests_per_bot[0] + spec.requests_per_bot[1]) / 2
+        k = int(min(len(bot_ids), max(1, round(n / per_bot))))
+        active = rng.choice(len(bot_ids), size=k, replace=False)
+        sizes = rng.multinomial(n - k, np.full(k, 1.0 / k)) + 1
+        catalog = self.engine.index.ids_
+        pool_photos = np.flatnonzero(np.isin(np.array(self.pool.kinds), ["mild", "medium", "hard"]))
+        for b, size in zip(active, sizes, strict=True):
+            mean = rng.uniform(*spec.interval_s)
+            cv = rng.uniform(*spec.jitter)
+            click_p = rng.uniform(*spec.click_p)
+            gaps = mean * np.maximum(0.2, 1 + cv * rng.standard_normal(size))
+            pauses = rng.random(size) < spec.pause_p
+            gaps = gaps + pauses * rng.uniform(*spec.pause_s, size)
+            gaps[0] = 0.0
+            span = gaps.sum()
+            if span > 0.95 * 86_400:  # a day holds at most so many requests: speed the bot up
+                gaps *= 0.95 * 86_400 / span
+                span = gaps.sum()
+            t = rng.uniform(0, 86_400 - span) + np.cumsum(gaps)
+            use_catalog = rng.random(size) < spec.catalog_photo_share
+            for r in range(size):
+                if use_catalog[r] or len(pool_photos) == 0:
+                    row = int(rng.integers(len(catalog)))
+                    photo, target, kind = len(self.pool) + row, catalog[row], CATALOG_KIND
+                else:
+                    photo = int(pool_photos[rng.integers(len(pool_photos))])
+                    target, kind = self.pool.product_ids[photo], self.pool.kinds[photo]
+                plan["user"].append(n_users + int(b))
+                plan["is_bot"].append(True)
+                plan["t"].append(float(t[r]))
+                plan["photo"].append(photo)
+                plan["target"].append(target)
+                plan["kind"].append(kind)
+                plan["intent"].append(None)
+                plan["preferred"].append(None)
+                plan["bot_click_p"].append(float(click_p))
+
+    # -- photos ---------------------------------------------------------------------------------
+    def photo(self, j: int) -> tuple[np.ndarray, str, str]:
+        """(vector, image path, image hash) of photo j: pool photos, then catalog photos."""
+        pool = self.pool
+        if j < len(pool):
+            return pool.vectors[j], pool.images[j], pool.hashes[j]
+        row = j - len(pool)
+        pid = self.engine.index.ids_[row]
+        return self.engine.index.vectors_[row], self.rows[pid]["image_path"], self._hash(pid)
+
+    def _hash(self, pid: str) -> str:
+        if self._catalog_hashes is None:
+            from revision.search.engine import IMAGE_HASHES
+
+            self._catalog_hashes = {}
+            if self.warehouse.exists(IMAGE_HASHES):
+                t = self.warehouse.read(IMAGE_HASHES)
+                self._catalog_hashes = dict(
+                    zip(
+                        t.column("product_id").to_pylist(),
+                        t.column("image_hash").to_pylist(),
+                        strict=True,
+                    )
+                )
+        if not self._catalog_hashes.get(pid):
+            from revision.vision.images import content_hash
+
+            self._catalog_hashes[pid] = content_hash(self.rows[pid]["image_path"])
+        return self._catalog_hashes[pid]
+
+    def respond(self, j: int, request_id: str) -> tuple:
+        """(response, product ids, ranks, scores, image, hash) for photo j."""
+        if self.memoize and j in self.memo:
+            return self.memo[j]
+        vector, image, image_hash = self.photo(j)
+        response = self.pipeline.search_vector(
+            vector, top_k=self.world.top_k, source=image, request_id=request_id
+        )
+        hits = response.results
+        out = (
+            response,
+            [h.product_id for h in hits],
+            [h.rank or i + 1 for i, h in enumerate(hits)],
+            [float(h.score) for h in hits],
+            image,
+            image_hash,
+        )
+        if self.memoize:
+            self.memo[j] = out
+        return out
+
+
+def _lognormal(spec, z: float) -> float:
+    return spec.median * math.exp(spec.sigma * z)
+
+
+def simulate(
+    world: World,
+    pipeline: SearchPipeline,
+    warehouse: Warehouse,
+    users: int = 1000,
+    days: int = 1,
+    requests: int = 10_000,
+    seed: int = 0,
+    start_date: date | str = DEFAULT_START,
+    *,
+    variant: str = "baseline",
+    pool: PhotoPool | None = None,
+    memoize: bool | None = None,
+) -> dict:
+    """Simulate `requests` requests (total over `days` days from `start_date`) by `users` human
+    users plus the world's bots, served by `pipeline`; write the log tables and `sim/truth`
+    for each day, and return a summary (see `revision.sim.traffic` for the rules).
+
+    `pool` reuses an already built photo pool; `memoize` overrides the automatic choice
+    (responses memoized per photo for a pipeline without hooks).
+    """
+    if days < 1:
+        raise InputError(f"--days must be at least 1, got {days}")
+    if requests < 0:
+        raise InputError(f"--requests must be at least 0, got {requests}")
+    if users < 0:
+        raise InputError(f"--users must be at least 0, got {users}")
+    if not _VARIANT.match(variant):
+        raise InputError(f"variant {variant!r}: use letters, digits, '_', '-' or '.'")
+    start = _parse_start(start_date)
+    counts = day_counts(world, requests, start, days)
+    started = time.perf_counter()
+    sim = _Simulation(world, pipeline, warehouse, pool, seed, variant, memoize)
+    pool_s = time.perf_counter() - started
+    population = make_users(world, users, seed)
+    bot_ids = [f"u{_short_id(seed, 'bot', i)}" for i in range(world.bots.pool)]
+    all_ids = population.ids + bot_ids
+    stats = _Stats(sim.intents)
+    started = time.perf_counter()
+    per_day = []
+    for day, n in progress(list(enumerate(counts)), total=days, description="simulating days"):
+        dt = (start + timedelta(day)).isoformat()
+        plan = sim.plan_day(n, (start + timedelta(day)).toordinal(), population, bot_ids)
+        tables = _run_day(sim, plan, dt, population, all_ids, stats)
+        for name, table in tables.items():
+            warehouse.write(name, table, {"dt": dt}, file=f"part-{variant}.parquet")
+        per_day.append({"dt": dt, "requests": n})
+    elapsed = time.perf_counter() - started
+    summary = stats.summary()
+    summary.update(
+        world=world.name,
+        variant=variant,
+        seed=seed,
+        start_date=start.isoformat(),
+        days=days,
+        users=len(stats.human_users),
+        population=users,
+        empty_days=[d["dt"] for d in per_day if d["requests"] == 0],
+        per_day=per_day,
+        pool={**sim.pool.build, "products": len(sim.pool.products)},
+        pool_s=round(pool_s, 2),
+        path="memoized" if sim.memoize else "per_request",
+        simulate_s=round(elapsed, 3),
+        requests_per_s=round(requests / elapsed, 1) if elapsed > 0 else None,
+        warnings=[],
+    )
+    per_user_day = summary["human_requests"] / max(1, users) / days
+    if per_user_day > HEAVY_USER_DAY:
+        summary["warnings"].append(
+            f"human users average {per_user_day:.0f} requests a day each: the heaviest will "
+            f"look like bots to a rate filter (raise --users)"
+        )
+    return summary
+
+
+class _Stats:
+    def __init__(self, intents: list[str]):
+        self.intents = intents
+        self.n = self.bots = self.lq = self.clicked = self.clicked30 = self.clicks = 0
+        self.impressions = self.orders = 0
+        self.gmv = 0.0
+        self.human_users: set[int] = set()
+        self.by_intent: dict[str, Counter] = defaultdict(Counter)
+        self.by_kind: dict[str, Counter] = defaultdict(Counter)
+
+    def add(
+        self,
+        *,
+        user: int,
+        is_bot: bool,
+        intent,
+        kind: str,
+        n_clicks: int,
+        first_s,
+        sat,
+        n_imp: int,
+        orders: int,
+        gmv: float,
+    ) -> None:
+        self.n += 1
+        self.impressions += n_imp
+        self.clicks += n_clicks
+        self.orders += orders
+        self.gmv += gmv
+        clicked30 = first_s is not None and first_s <= NO_CLICK_WINDOW_S
+        self.clicked += n_clicks > 0
+        self.clicked30 += clicked30
+        self.lq += kind not in ("mild", "medium", "hard", CATALOG_KIND)
+        if is_bot:
+            self.bots += 1
+            return
+        self.human_users.add(user)
+        c = self.by_intent[intent]
+        c["requests"] += 1
+        c["no_click"] += not clicked30
+        c["satisfied"] += bool(sat)
+        k = self.by_kind[kind]
+        k["requests"] += 1
+        k["no_click"] += not clicked30
+
+    def summary(self) -> dict:
+        n, humans = self.n, self.n - self.bots
+        ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
+        return {
+            "requests": n,
+            "human_requests": humans,
+            "bot_requests": self.bots,
+            "bot_share": ratio(self.bots, n),
+            "low_quality_share": ratio(self.lq, n),
+            "clicks": self.clicks,
+            "ctr": ratio(self.clicked, n),
+            "item_ctr": ratio(self.clicks, self.impressions),
+            "no_click_ratio": ratio(n - self.clicked30, n),
+            "human_no_click_ratio": ratio(
+                humans - sum(c["requests"] - c["no_click"] for c in self.by_intent.values()), humans
+            ),
+            "orders": self.orders,
+            "gmv": round(self.gmv, 6),
+            "per_intent": {
+                i: {
+                    "requests": c["requests"],
+                    "share": ratio(c["requests"], humans),
+                    "no_click_ratio": ratio(c["no_click"], c["requests"]),
+                    "satisfied_rate": ratio(c["satisfied"], c["requests"]),
+                }
+                for i in self.intents
+                if (c := self.by_intent.get(i))
+            },
+            "per_photo_kind": {
+                k: {
+                    "requests": c["requests"],
+                    "no_click_ratio": ratio(c["no_click"], c["requests"]),
+                }
+                for k in PHOTO_KINDS
+                if (c := self.by_kind.get(k))
+            },
+        }
+
+
+def _run_day(
+    sim: _Simulation, plan: dict, dt: str, users: UserPopulation, all_ids: list[str], stats: _Stats
+) -> dict[str, pa.Table]:
+    """Serve and play one day's plan; returns the five tables."""
+    world, rows, params = sim.world, sim.rows, sim.params
+    beh = world.behaviour
+    n = len(plan["t"])
+    k_max = MAX_EXAMINED
+    rng = np.random.default_rng([sim.seed, 1, date.fromisoformat(dt).toordinal()])
+    uni = rng.random((n, 4 * k_max + 2))
+    nrm = rng.standard_normal((n, 3 * k_max))
+    day_ms = int(datetime.fromisoformat(dt).replace(tzinfo=UTC).timestamp() * 1000)
+    purchase = {name: spec.purchase_p for name, spec in zip(sim.intents, sim.specs, strict=True)}
+    info_spec = world.intents.info
+    click_exact_p = info_spec.click_exact_p if info_spec is not None else 0.0
+    top, eta = beh.examination.top, beh.examination.eta
+    cd = beh.click_delay
+    req = {k: [] for k in ("request_id", "user_id", "ts", "image", "image_hash", "relevance")}
+    imp = {k: [] for k in ("request_id", "product_id", "rank", "score")}
+    clk = {k: [] for k in ("request_id", "product_id", "ts", "dwell_s")}
+    ords = {k: [] for k in ("request_id", "product_id", "ts", "price")}
+    tru = {
+        k: []
+        for k in (
+            "request_id",
+            "user_id",
+            "is_bot",
+            "intent",
+            "target_product_id",
+            "photo_kind",
+            "preferred",
+            "satisfied",
+            "clicked",
+            "ordered",
+        )
+    }
+    for r in range(n):
+        rid = _short_id(sim.seed, sim.variant, dt, r) + f"{r:06d}"
+        user, is_bot, photo = plan["user"][r], plan["is_bot"][r], plan["photo"][r]
+        ts = day_ms + int(plan["t"][r] * 1000)
+        response, pids, ranks, scores, image, image_hash = sim.respond(photo, rid)
+        req["request_id"].append(rid)
+        req["user_id"].append(all_ids[user])
+        req["ts"].append(ts)
+        req["image"].append(image)
+        req["image_hash"].append(image_hash)
+        req["relevance"].append(float(response.relevance))
+        imp["request_id"].extend([rid] * len(pids))
+        imp["product_id"].extend(pids)
+        imp["rank"].extend(ranks)
+        imp["score"].extend(scores)
+        u, z = uni[r], nrm[r]
+        clicks: list[tuple[str, int, float]] = []
+        orders: list[tuple[str, int]] = []
+        intent, target = plan["intent"][r], plan["target"][r]
+        sat = None
+        if is_bot:
+            if pids and u[4 * k_max] < plan["bot_click_p"][r]:
+                clicks.append((pids[0], ts + int(300 + 900 * u[0]), 0.2 + 1.3 * u[1]))
+        else:
+            cues = response.cues
+            state = UserState(plan["preferred"][r])
+            trow = rows[target]
+            key = (photo, intent, state.preferred)
+            sats = None if cues or not sim.memoize else sim.sat_memo.get(key)
+            if sats is None:
+                sats = tuple(
+                    satisfies(intent, trow, rows[p], cues, state, params) if p in rows else False
+                    for p in pids
+                )
+                if not cues and sim.memoize:
+                    sim.sat_memo[key] = sats
+            sat = (
+                satisfied(intent, trow, response, products=rows, user=state, params=params)
+                if cues
+                else any(sats)
+            )
+            labelled = {c.get("product_id") for c in cues if c.get("type") == "label"}
+            patience = users.patience[user]
+            if any(c.get("type") == "summary" for c in cues):
+                patience *= beh.summary_patience
+            exponent = eta / patience
+            last_t = last_dwell = None
+            for j in range(min(len(pids), k_max)):
+                e = top * ranks[j] ** -exponent
+                if labelled and pids[j] in labelled:
+                    e = max(e, beh.label_examine)
+                if u[j] >= e:
+                    continue
+                if sats[j]:
+                    p = beh.click_p
+                elif intent == INFO and pids[j] == target:
+                    p = click_exact_p
+                else:
+                    p = beh.stray_click_p
+                if u[k_max + j] >= p:
+                    continue
+                if last_t is None:
+                    delay = (cd.median_s + cd.per_rank_s * (ranks[j] - 1)) * math.exp(
+                        cd.sigma * z[k_max + j]
+                    )
+                    t_click = ts + int(delay * 1000)
+                else:
+                    gap = _lognormal(beh.next_click_gap_s, z[k_max + j])
+                    t_click = last_t + int((last_dwell + gap) * 1000)
+                dwell = _lognormal(beh.dwell.satisfied if sats[j] else beh.dwell.other, z[j])
+                clicks.append((pids[j], t_click, dwell))
+                buy_p = purchase[intent] if sats[j] else beh.stray_purchase_p
+                if u[3 * k_max + j] < buy_p:
+                    delay = _lognormal(beh.order_delay_s, z[2 * k_max + j])
+                    orders.append((pids[j], t_click + int((dwell + delay) * 1000)))
+                last_t, last_dwell = t_click, dwell
+                if u[2 * k_max + j] >= beh.continue_after_click:
+                    break
+        gmv = 0.0
+        for pid, t_click, dwell in clicks:
+            clk["request_id"].append(rid)
+            clk["product_id"].append(pid)
+            clk["ts"].append(t_click)
+            clk["dwell_s"].append(round(dwell, 3))
+        for pid, t_order in orders:
+            price = rows[pid].get("price") if pid in rows else None
+            ords["request_id"].append(rid)
+            ords["product_id"].append(pid)
+            ords["ts"].append(t_order)
+            ords["price"].append(price)
+            gmv += price or 0.0
+        tru["request_id"].append(rid)
+        tru["user_id"].append(all_ids[user])
+        tru["is_bot"].append(is_bot)
+        tru["intent"].append(intent)
+        tru["target_product_id"].append(target)
+        tru["photo_kind"].append(plan["kind"][r])
+        tru["preferred"].append(plan["preferred"][r])
+        tru["satisfied"].append(sat)
+        tru["clicked"].append(bool(clicks))
+        tru["ordered"].append(bool(orders))
+        stats.add(
+            user=user,
+            is_bot=is_bot,
+            intent=intent,
+            kind=plan["kind"][r],
+            n_clicks=len(clicks),
+            first_s=(clicks[0][1] - ts) / 1000 if clicks else None,
+            sat=sat,
+            n_imp=len(pids),
+            orders=len(orders),
+            gmv=gmv,
+        )
+    req["variant"] = [sim.variant] * n
+    tru["variant"] = [sim.variant] * n
+    return {
+        REQUESTS: pa.Table.from_pydict(req, schema=SCHEMAS[REQUESTS]),
+        IMPRESSIONS: pa.Table.from_pydict(imp, schema=SCHEMAS[IMPRESSIONS]),
+        CLICKS: pa.Table.from_pydict(clk, schema=SCHEMAS[CLICKS]),
+        ORDERS: pa.Table.from_pydict(ords, schema=SCHEMAS[ORDERS]),
+        TRUTH: pa.Table.from_pydict(tru, schema=TRUTH_SCHEMA),
+    }
