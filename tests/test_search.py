@@ -107,3 +107,26 @@ def test_cli_search_json_lines(engine, built_warehouse, tmp_path):
     assert first["query"] == str(photo) and len(first["results"]) == 3
     assert set(first["results"][0]) == {"product_id", "score", "rank", "title", "price"}
     assert first["results"][0]["product_id"] == pid and first["latency_ms"] > 0
+
+
+def test_adapter_rebuilds_index_in_a_projected_space(built_warehouse, tmp_path):
+    import shutil
+
+    from revision.search.adapt import adapt_index, is_holdout
+    from revision.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "wh")
+    shutil.copytree(built_warehouse.root, wh.root)
+    report = adapt_index(wh, products=60, eval_products=20, epochs=2)
+    assert report["train_photos"] == 120 and report["index"]["adapter"]
+    assert {"base", "adapted"} <= set(report["medium"])
+    engine = SearchEngine.open(wh)
+    assert engine.adapter is not None
+    assert not np.allclose(engine.raw_vectors, engine.index.vectors_)
+    pid = engine.index.ids_[5]
+    response = SearchPipeline(engine).search(engine.products.loc[pid, "image_path"], top_k=5)
+    assert pid in [h.product_id for h in response.results]
+    np.testing.assert_allclose(np.linalg.norm(engine.project_query(engine.raw_vector_of(pid))),
+                               1.0, atol=1e-5)
+    groups = engine.products["variant_group"]
+    assert 0.1 < groups.map(is_holdout).mean() < 0.3  # about a fifth held out

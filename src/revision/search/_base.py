@@ -43,7 +43,7 @@ class Hit:
 @dataclass
 class Query:
     source: str  # the path or name the caller gave
-    vector: np.ndarray | None = None
+    vector: np.ndarray | None = None  # raw embedding in; the search-space vector after QUERY
     image: Any = None  # PIL image when the request came with a photo
     top_k: int = 10
     request_id: str | None = None

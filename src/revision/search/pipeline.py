@@ -63,7 +63,7 @@ class SearchPipeline:
         source: str = "<vector>",
         request_id: str | None = None,
     ) -> SearchResponse:
-        """Search with a precomputed query embedding (the simulator's fast path)."""
+        """Search with a precomputed raw encoder embedding (the simulator's fast path)."""
         query = Query(
             source=source,
             vector=np.asarray(vector, dtype=np.float32),
@@ -104,6 +104,8 @@ class SearchPipeline:
             if ctx.query.image is None:
                 raise InputError(f"{ctx.query.source}: a query needs an image or a vector")
             ctx.query.vector = self.engine.encode(ctx.query.image)
+        ctx.query.facts["embedding"] = ctx.query.vector  # raw: attribute heads read this
+        ctx.query.vector = self.engine.project_query(ctx.query.vector)
 
     def _recall(self, ctx: SearchContext) -> None:
         k = max(self.recall_k, ctx.query.top_k)

@@ -361,7 +361,7 @@ class _Simulation:
             return pool.vectors[j], pool.images[j], pool.hashes[j]
         row = j - len(pool)
         pid = self.engine.index.ids_[row]
-        return self.engine.index.vectors_[row], self.rows[pid]["image_path"], self._hash(pid)
+        return self.engine.raw_vectors[row], self.rows[pid]["image_path"], self._hash(pid)
 
     def _hash(self, pid: str) -> str:
         if self._catalog_hashes is None:

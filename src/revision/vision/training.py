@@ -50,7 +50,7 @@ def train_attributes(
     hists, _ = ImageEmbedder(warehouse, hist_encoder).embed_paths(
         products["image_path"].tolist(), description="colour histograms"
     )
-    features = np.hstack([engine.index.vectors_, hists])
+    features = np.hstack([engine.raw_vectors, hists])
     labels = products[list(ATTRIBUTES)].reset_index(drop=True)
 
     split = GroupShuffleSplit(1, test_size=test_size, random_state=seed)
