@@ -1,0 +1,457 @@
+"""Info extraction: the inputs a tool needs, from a mined signal's Info or from the query.
+
+Paper §III-C(a): "the required execution information Info is extracted from the query and the
+retrieval products". Two sources, in this order of precedence:
+
+- a signal's Info text ("colour: black", "cheaper", "price above 0.05", "variant group 0108775",
+  "material and care", "brand: Blendy", or free text), parsed by `parse_info` against the
+  catalog's own vocabulary so that a value is a catalog label or nothing;
+- the query itself (`QueryInfo`): visual attributes from the trained attribute heads over the
+  query embedding and colour histogram (or, without heads or a photo, a similarity-weighted vote
+  of the nearest catalog products), and printed text read by OCR. Each is computed at most once
+  per request, however many tools ask.
+
+Info text is untrusted data: it is matched against fixed patterns and vocabularies, never
+executed or passed on as instructions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from revision.errors import InputError
+from revision.tools.catalog import ATTRIBUTES, SYNONYMS, CatalogArrays
+
+if TYPE_CHECKING:
+    from revision.search._base import Query
+    from revision.search.engine import SearchEngine
+
+FIELDS = ("material", "care", "specifications")
+_FIELD_WORDS = {
+    "material": ("material", "materials", "fabric", "composition", "made of", "content", "textile"),
+    "care": ("care", "wash", "washing", "laundry", "cleaning", "iron", "ironing"),
+    "specifications": (
+        "specification",
+        "specifications",
+        "specs",
+        "size",
+        "fit",
+        "dimensions",
+        "measurements",
+        "length",
+    ),
+}
+_KEYS = {
+    "colour": "colour",
+    "color": "colour",
+    "pattern": "pattern",
+    "print": "pattern",
+    "type": "category",
+    "category": "category",
+    "product type": "category",
+    "department": "department",
+    "index group": "index_group",
+    "index_group": "index_group",
+    "audience": "index_group",
+    "section": "index_group",
+    "brand": "text",
+    "text": "text",
+    "ocr": "text",
+    "logo": "text",
+    "keyword": "text",
+    "keywords": "text",
+    "query": "text",
+    "variant group": "variant_group",
+    "variant_group": "variant_group",
+    "group": "variant_group",
+    "product": "product_id",
+    "product id": "product_id",
+    "product_id": "product_id",
+}
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_CHEAPER = re.compile(
+    r"\b(cheaper|cheap|cheapest|budget|affordable|inexpensive|lower[- ]priced?|low[- ]cost|"
+    r"discount(?:ed)?|bargain|less expensive)\b",
+    re.I,
+)
+_PREMIUM = re.compile(
+    r"\b(premium|luxury|high[- ]end|higher[- ]end|upscale|pricier|dearer|more expensive|"
+    r"higher[- ]priced?|designer)\b",
+    re.I,
+)
+_TIERS = re.compile(r"\b(tiers?|segment(?:ed|ation)?|price range|price levels?)\b", re.I)
+
+
+@dataclass
+class Info:
+    """What a signal's Info says, normalised to catalog vocabulary."""
+
+    raw: str = ""
+    context: str = ""  # the signal's Action, when known
+    attributes: dict[str, str] = field(default_factory=dict)  # colour/pattern/... -> label
+    mentioned: list[str] = field(default_factory=list)  # attributes named without a value
+    direction: str | None = None  # cheaper | premium | tiers
+    min_price: float | None = None
+    max_price: float | None = None
+    variant_group: str | None = None
+    product_id: str | None = None
+    fields: list[str] = field(default_factory=list)  # material | care | specifications
+    text: str | None = None  # quoted, brand or OCR text
+
+    def values(self) -> dict[str, Any]:
+        """Candidate tool inputs, by the names components use."""
+        out: dict[str, Any] = dict(self.attributes)
+        for key in ("direction", "min_price", "max_price", "variant_group", "product_id", "text"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.fields:
+            out["fields"] = list(self.fields)
+        if self.mentioned:
+            out["attribute"] = self.mentioned[0]
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.raw.strip())
+
+
+def parse_signal(signal: str) -> tuple[str, str]:
+    """('Action', 'Info') from a mined signal "Action -> Info" (Info may be empty)."""
+    action, _, info = signal.partition("->")
+    return action.strip(), info.strip()
+
+
+def parse_info(text: str | None, catalog: CatalogArrays | None = None, context: str = "") -> Info:
+    """Parse a signal's Info into normalised values. `context` is the signal's Action: its
+    words may set a direction ("Supplement cheaper products"), fields ("Show care details") or
+    name an attribute, but never become values or text.
+
+    >>> info = parse_info("cheaper, price below 0.02")
+    >>> info.direction, info.max_price
+    ('cheaper', 0.02)
+    >>> parse_info('brand: "Blendy"').text
+    'Blendy'
+    """
+    raw = (text or "").strip()
+    info = Info(raw=raw, context=context.strip())
+    if not raw and not info.context:
+        return info
+    rest = raw
+    # key: value pairs first ("colour: black; pattern=stripe")
+    for m in re.finditer(r"([A-Za-z_][A-Za-z_ ]*?)\s*[:=]\s*(\"[^\"]*\"|'[^']*'|[^,;\n]+)", raw):
+        key = " ".join(m.group(1).lower().split())
+        key = next((k for k in sorted(_KEYS, key=len, reverse=True) if key.endswith(k)), key)
+        value = m.group(2).strip().strip("\"'").strip()
+        target = _KEYS.get(key)
+        if not value:
+            continue
+        if target in ATTRIBUTES:
+            label = catalog.canonical(target, value) if catalog is not None else value
+            if label is None and catalog is not None and target == "department":
+                label = catalog.canonical("index_group", value)  # "department: menswear"
+                target = "index_group" if label else target
+            if label is not None:
+                info.attributes[target] = label
+                rest = rest.replace(m.group(0), " ")
+        elif target == "text":
+            info.text = value
+            rest = rest.replace(m.group(0), " ")
+        elif target == "variant_group":
+            info.variant_group = value.split()[0]
+            rest = rest.replace(m.group(0), " ")
+        elif target == "product_id":
+            info.product_id = value.split()[0]
+            rest = rest.replace(m.group(0), " ")
+    quoted = re.search(r"\"([^\"]+)\"|“([^”]+)”", raw)
+    if quoted and info.text is None:
+        info.text = (quoted.group(1) or quoted.group(2)).strip()
+    m = re.search(r"variant[ _]group\s*#?\s*([A-Za-z0-9_-]+)", raw, re.I)
+    if m and info.variant_group is None:
+        info.variant_group = m.group(1)
+    _parse_price(raw, info)
+    low = f" {rest.lower()} "
+    either = f"{low} {info.context.lower()} "
+    for name, words in _FIELD_WORDS.items():
+        if any(re.search(rf"\b{re.escape(w)}\b", either) for w in words):
+            info.fields.append(name)
+    if catalog is not None:
+        low = _parse_free_values(low, catalog, info)
+    for word, attr in _MENTIONS:
+        if re.search(rf"\b{word}s?\b", f"{low} {info.context.lower()}") and (
+            attr not in info.mentioned
+        ):
+            info.mentioned.append(attr)
+    return info
+
+
+def _parse_price(raw: str, info: Info) -> None:
+    low = raw.lower()
+    words = f"{low} {info.context.lower()}"
+    if m := re.search(rf"between\s+{_NUMBER}\s+(?:and|-|to)\s+{_NUMBER}", low):
+        info.min_price, info.max_price = sorted((float(m.group(1)), float(m.group(2))))
+    if m := re.search(rf"(?:above|over|more than|at least|min(?:imum)?|>=?|from)\s*{_NUMBER}", low):
+        info.min_price = float(m.group(1))
+    if m := re.search(
+        rf"(?:below|under|less than|at most|max(?:imum)?|cheaper than|<=?|up to)\s*{_NUMBER}", low
+    ):
+        info.max_price = float(m.group(1))
+    if _CHEAPER.search(words) or (info.max_price is not None and info.min_price is None):
+        info.direction = "cheaper"
+    elif _PREMIUM.search(words) or (info.min_price is not None and info.max_price is None):
+        info.direction = "premium"
+    elif _TIERS.search(words):
+        info.direction = "tiers"
+
+
+def _parse_free_values(low: str, catalog: CatalogArrays, info: Info) -> str:
+    """Catalog labels named in free text ("black striped top"), longest match first; returns
+    the text with them removed."""
+    for attr in ("colour", "pattern", "category", "index_group"):
+        if attr in info.attributes:
+            continue
+        names = {v.lower(): v for v in catalog.vocab.get(attr, []) if v.lower() != "unknown"}
+        for syn, target in SYNONYMS.get(attr, {}).items():
+            if target in names and syn not in ("color",):
+                names.setdefault(syn, names[target])
+        for name in sorted(names, key=len, reverse=True):
+            if re.search(rf"(?<![\w/-]){re.escape(name)}(?![\w/-])", low):
+                info.attributes[attr] = names[name]
+                low = low.replace(name, " ")
+                break
+    return low
+
+
+_MENTIONS = (
+    ("colour", "colour"),
+    ("color", "colour"),
+    ("pattern", "pattern"),
+    ("print", "pattern"),
+    ("type", "category"),
+    ("category", "category"),
+    ("department", "index_group"),
+    ("audience", "index_group"),
+)
+
+
+# -- from the query ----------------------------------------------------------------------------
+
+_HEADS: dict[tuple[str, float], Any] = {}
+_HEADS_LOCK = threading.Lock()
+SAME_ITEM_SCORE = 0.9  # a catalog product this close to the query is taken as the item itself
+
+
+class _NumpyHeads:
+    """The trained heads' forward pass in numpy: the same weights, ~0.3 ms instead of ~12 ms
+    for one photo through torch on 2 busy cores (thread-pool wake-ups dominate so small a net).
+    Built only when the network is the known shape (Linear, GELU trunk; one Linear per
+    attribute) and checked against torch on a probe batch; otherwise torch is used."""
+
+    def __init__(self, heads):
+        import torch
+
+        trunk = [m for m in heads.model_.trunk if not isinstance(m, torch.nn.Dropout)]
+        if (
+            len(trunk) != 2
+            or not isinstance(trunk[0], torch.nn.Linear)
+            or not isinstance(trunk[1], torch.nn.GELU)
+        ):
+            raise TypeError("unexpected attribute-head network")
+        self.attributes = heads.attributes
+        self.classes_ = heads.classes_
+        self.mean, self.scale = heads.mean_, heads.scale_
+        self.w1 = trunk[0].weight.detach().numpy().T.astype(np.float32).copy()
+        self.b1 = trunk[0].bias.detach().numpy().astype(np.float32)
+        self.out = [
+            (h.weight.detach().numpy().T.astype(np.float32).copy(), h.bias.detach().numpy())
+            for h in heads.model_.heads
+        ]
+        probe = np.random.default_rng(0).normal(size=(4, len(self.mean))).astype(np.float32)
+        expected = heads.predict_proba(probe * self.scale + self.mean)
+        got = self.predict_proba(probe * self.scale + self.mean)
+        if any(not np.allclose(expected[a], got[a], atol=1e-4) for a in self.attributes):
+            raise ValueError("numpy forward pass disagrees with torch")
+
+    def predict_proba(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        from scipy.special import erf
+
+        x = (np.atleast_2d(features).astype(np.float32) - self.mean) / self.scale
+        z = np.einsum("ij,jk->ik", x, self.w1) + self.b1
+        z = 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))  # exact GELU, as torch's default
+        out = {}
+        for attr, (w, b) in zip(self.attributes, self.out, strict=True):
+            logits = np.einsum("ij,jk->ik", z, w) + b
+            logits -= logits.max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            out[attr] = e / e.sum(axis=1, keepdims=True)
+        return out
+
+    def predict(self, features: np.ndarray) -> list[dict[str, tuple[str, float]]]:
+        probs = self.predict_proba(features)
+        n = len(next(iter(probs.values())))
+        return [
+            {a: (self.classes_[a][int(p[i].argmax())], float(p[i].max())) for a, p in probs.items()}
+            for i in range(n)
+        ]
+
+
+def _heads(engine: SearchEngine):
+    """The warehouse's trained attribute heads (numpy forward when possible), or None."""
+    from revision.vision.attributes import AttributeHeads
+    from revision.vision.training import HEADS_PATH
+
+    path = Path(engine.warehouse.root).joinpath("artifacts", *HEADS_PATH)
+    if not path.is_file():
+        return None
+    key = (str(path), path.stat().st_mtime)
+    with _HEADS_LOCK:
+        if key not in _HEADS:
+            heads = AttributeHeads.load(path)
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                heads = _NumpyHeads(heads)
+            _HEADS[key] = heads
+        return _HEADS[key]
+
+
+def warm_up(engine: SearchEngine) -> None:
+    """Load the attribute heads and run them once, outside any request's deadline."""
+    heads = _heads(engine)
+    if heads is not None:
+        heads.predict(np.zeros((1, len(heads.mean_ if hasattr(heads, "mean_") else heads.mean))))
+
+
+class QueryInfo:
+    """Facts about one query that tools need, each extracted at most once (thread-safe)."""
+
+    def __init__(self, engine: SearchEngine, catalog: CatalogArrays, query: Query):
+        self.engine = engine
+        self.catalog = catalog
+        self.query = query
+        self._lock = threading.Lock()
+        self._memo: dict[str, Any] = {}
+        # Tools may start before the photo is encoded; whatever needs the embedding waits.
+        self.understood = threading.Event()
+        if query.vector is not None:
+            self.understood.set()
+
+    def _once(self, key: str, compute):
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
+
+    def vector(self, timeout: float = 30.0) -> np.ndarray:
+        """The query embedding, once the main search has encoded the photo."""
+        if not self.understood.wait(timeout):
+            raise TimeoutError("the query photo was not encoded in time")
+        if self.query.vector is None:
+            raise InputError(f"{self.query.source}: the query could not be encoded")
+        return self.query.vector
+
+    def attributes(self) -> dict[str, tuple[str, float]]:
+        """{attribute: (catalog label, confidence)} for colour, category, pattern, department
+        and index group. Cached in `query.facts["attributes"]`."""
+        if "attributes" in self.query.facts:
+            return self.query.facts["attributes"]
+        return self._once("attributes", self._attributes)
+
+    def _attributes(self) -> dict[str, tuple[str, float]]:
+        """Heads and neighbours, each where it is stronger (measured on 120 query photos):
+        colour and pattern from the heads (they see a colour histogram; ImageNet neighbours
+        are colour-blind), type and audience from the average of the heads' and the
+        neighbours' distributions; and when the nearest product is the item itself, its own
+        labels for everything but colour (its colour variants embed almost alike)."""
+        self.vector()
+        votes, exact = self._neighbour_votes()
+        out: dict[str, tuple[str, float]] = {}
+        for attr, dist in votes.items():
+            if dist.sum() > 0:
+                best = int(dist.argmax())
+                out[attr] = (self.catalog.vocab[attr][best], float(dist[best]))
+        heads = _heads(self.engine) if self.query.image is not None else None
+        if heads is None:
+            return out
+        from revision.vision.encoder import get_image_encoder
+
+        hist = get_image_encoder("colour-hist").encode([self.query.image])[0]
+        probs = heads.predict_proba(np.concatenate([self.query.vector, hist])[None, :])
+        for attr, p in probs.items():
+            if attr not in self.catalog.codes or (exact and attr != "colour"):
+                continue
+            dist = np.zeros(len(self.catalog.vocab[attr]))
+            for j, label in enumerate(heads.classes_[attr]):
+                code = self.catalog.code(attr, label)
+                if code >= 0:
+                    dist[code] += p[0][j]
+            if attr not in ("colour", "pattern") and attr in votes:
+                dist = (dist + votes[attr]) / 2
+            if dist.sum() > 0:
+                best = int(dist.argmax())
+                out[attr] = (self.catalog.vocab[attr][best], float(dist[best]))
+        return out
+
+    def _neighbour_votes(self, k: int = 20) -> tuple[dict[str, np.ndarray], bool]:
+        """Per attribute, the similarity-weighted label distribution of the nearest catalog
+        products; when the nearest is the item itself (score >= SAME_ITEM_SCORE), its own
+        labels with that score. Returns (distributions, whether the item was found)."""
+        scores, rows = self.engine.index.search(self.query.vector, k)
+        keep = rows[0] >= 0
+        scores, rows = scores[0][keep], rows[0][keep]
+        out: dict[str, np.ndarray] = {}
+        if not len(rows):
+            return out, False
+        exact = bool(scores[0] >= SAME_ITEM_SCORE)
+        if exact:
+            weights = np.zeros(len(rows))
+            weights[0] = 1.0
+        else:
+            weights = np.maximum(scores, 0) ** 4
+        for attr in ATTRIBUTES:
+            codes = self.catalog.codes[attr][rows]
+            ok = codes >= 0
+            if not ok.any():
+                continue
+            dist = np.bincount(
+                codes[ok], weights=weights[ok], minlength=len(self.catalog.vocab[attr])
+            )
+            total = dist.sum()
+            if total > 0:
+                out[attr] = dist / total * (float(scores[0]) if exact else 1.0)
+        return out, exact
+
+    def similarities(self) -> np.ndarray:
+        """The query's cosine similarity to every indexed product (computed once)."""
+        return self._once("similarities", lambda: self.catalog.similarity(self.vector()))
+
+    def value(self, attr: str) -> str | None:
+        got = self.attributes().get(attr)
+        return got[0] if got else None
+
+    def ocr_text(self) -> str:
+        """Text printed on the query item (empty without a photo or when none is legible)."""
+        if self.query.image is None:
+            return ""
+
+        def read() -> str:
+            from revision.vision.ocr import OcrReader
+
+            return " ".join(OcrReader().text(self.query.image).split())
+
+        return self._once("ocr", read)
+
+    def description(self) -> str:
+        """A short text query for the photo: colour, pattern (unless plain), type, audience."""
+        attrs = self.attributes()
+        parts = [attrs.get("colour", ("",))[0]]
+        pattern = attrs.get("pattern", ("",))[0]
+        if pattern.lower() not in ("solid", "unknown", ""):
+            parts.append(pattern)
+        parts.append(attrs.get("category", ("",))[0])
+        parts.append(attrs.get("index_group", ("",))[0])
+        return " ".join(p for p in parts if p and p.lower() != "unknown")
