@@ -62,8 +62,10 @@ def main() -> None:
     result = run(Warehouse(args.warehouse), args.requests, args.days)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    print(f"Bot filter, default world: trained on one simulated week ({args.requests} requests), "
-          "applied to another week with new users and bots.")
+    print(
+        f"Bot filter, default world: trained on one simulated week ({args.requests} requests), "
+        "applied to another week with new users and bots."
+    )
     print("```json\n" + json.dumps(result["held_out"], indent=2, default=str) + "\n```")
 
 

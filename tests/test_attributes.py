@@ -1,6 +1,5 @@
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from revision.vision.attributes import AttributeHeads, colour_histogram
@@ -49,7 +48,7 @@ def test_colour_histogram_ignores_the_white_studio_background():
 def test_train_attributes_reports_held_out_accuracy(built_warehouse):
     report = train_attributes(built_warehouse, augment=40, eval_queries=20, epochs=25)
     assert set(report["attributes"]) == {"colour", "category", "pattern", "index_group"}
-    for attr, r in report["attributes"].items():
+    for r in report["attributes"].values():
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["query_photo_accuracy"] <= 1
     # even on a tiny catalog the heads beat always answering the most common type
     cat = report["attributes"]["category"]
