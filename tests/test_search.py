@@ -126,7 +126,8 @@ def test_adapter_rebuilds_index_in_a_projected_space(built_warehouse, tmp_path):
     pid = engine.index.ids_[5]
     response = SearchPipeline(engine).search(engine.products.loc[pid, "image_path"], top_k=5)
     assert pid in [h.product_id for h in response.results]
-    np.testing.assert_allclose(np.linalg.norm(engine.project_query(engine.raw_vector_of(pid))),
-                               1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(engine.project_query(engine.raw_vector_of(pid))), 1.0, atol=1e-5
+    )
     groups = engine.products["variant_group"]
     assert 0.1 < groups.map(is_holdout).mean() < 0.3  # about a fifth held out
