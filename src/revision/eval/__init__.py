@@ -1,0 +1,1 @@
+"""Evaluation: metrics and reports; with the simulator, the only stage that reads sim/truth."""
