@@ -16,7 +16,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from revision.config import parse_yaml, read_config_text
 from revision.errors import ConfigError
+
+DEFAULT_ONTOLOGY = "default_ontology.yaml"
 
 OTHER = "other"  # the Level-2 bucket for actions below tau2; reserved as a subcategory name
 
@@ -156,32 +159,15 @@ def parse_ontology(data: Any, source: str = "<ontology>") -> Ontology:
 
 def load_ontology(path: str | Path | None = None) -> Ontology:
     """Load and validate an ontology YAML file (default: the shipped `default_ontology.yaml`)."""
-    if path is None:
-        text = default_ontology_text()
-        source = "default_ontology.yaml"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"ontology file {p} not found")
-        try:
-            text = p.read_text("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        source = str(p)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where} not valid YAML: {exc}") from None
-    return parse_ontology(data, source)
+    text, source = read_config_text(
+        path, package="revision.clustering", default=DEFAULT_ONTOLOGY, kind="ontology"
+    )
+    return parse_ontology(parse_yaml(text, source), source)
 
 
 def default_ontology_text() -> str:
-    return (
-        resources.files("revision.clustering").joinpath("default_ontology.yaml").read_text("utf-8")
-    )
+    return resources.files("revision.clustering").joinpath(DEFAULT_ONTOLOGY).read_text("utf-8")
 
 
 def default_ontology_path() -> Path:
-    return Path(str(resources.files("revision.clustering").joinpath("default_ontology.yaml")))
+    return Path(str(resources.files("revision.clustering").joinpath(DEFAULT_ONTOLOGY)))

@@ -28,9 +28,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from revision.config import parse_yaml
 from revision.errors import ConfigError
 from revision.mining._base import MAX_SIGNALS, Signal
 from revision.mining.perception import FACTS
@@ -231,14 +231,7 @@ def load_rules(path: str | Path | None = None) -> LoadedRules:
 
 
 def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(
-            f"{source}:{where} not valid YAML ({getattr(exc, 'problem', exc)})"
-        ) from None
+    raw = parse_yaml(text, source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with a 'rules' list at the top")
     try:

@@ -14,7 +14,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from revision.config import parse_yaml, read_config_text
 from revision.errors import ConfigError
 from revision.vision.query_photos import LOW_QUALITY_KINDS, SEVERITIES
 
@@ -392,22 +392,7 @@ def default_world_path() -> Path:
 
 def load_world(path: str | Path | None = None) -> World:
     """Load and validate a world file (default: the shipped `default_world.yaml`)."""
-    if path is None:
-        text = resources.files("revision.sim").joinpath(DEFAULT_WORLD).read_text("utf-8")
-        source = DEFAULT_WORLD
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"world file {p} not found")
-        try:
-            text = p.read_text("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        source = str(p)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        raise ConfigError(f"{source}:{where} not valid YAML: {exc}") from None
-    return parse_world(data, source)
+    text, source = read_config_text(
+        path, package="revision.sim", default=DEFAULT_WORLD, kind="world"
+    )
+    return parse_world(parse_yaml(text, source), source)
