@@ -189,6 +189,20 @@ class NoClickReport:
         return out
 
 
+BAD_INPUT_RULES = (
+    "invalid_request_rows",
+    "duplicate_request_rows",
+    "skewed_clicks",
+    "late_clicks",
+    "orphan_clicks",
+)
+
+
+def bad_input_counts(facts: dict) -> dict:
+    """How often each documented bad-input rule fired (see docs/logs.md)."""
+    return {k: facts[k] for k in BAD_INPUT_RULES}
+
+
 def extract_no_click(
     warehouse: Warehouse,
     *,
@@ -314,16 +328,7 @@ def extract_no_click(
     reasons = pc.value_counts(out["drop_reason"]).to_pylist() if out.num_rows else []
     report.dropped = {r["values"]: int(r["counts"]) for r in reasons if r["values"] is not None}
     report.kept = report.no_click - sum(report.dropped.values())
-    report.rules = {
-        k: facts[k]
-        for k in (
-            "invalid_request_rows",
-            "duplicate_request_rows",
-            "skewed_clicks",
-            "late_clicks",
-            "orphan_clicks",
-        )
-    }
+    report.rules = bad_input_counts(facts)
     report.rules["no_clicks_table"] = not facts["has_clicks"]
 
     _write(warehouse, out, report.days)

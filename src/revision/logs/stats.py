@@ -15,7 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from revision.logs.bots import TRUTH, evaluate_bot_scores, precision_recall
-from revision.logs.no_click import DEFAULT_SKEW_TOLERANCE, DEFAULT_WINDOW, _scan, open_logs
+from revision.logs.no_click import (
+    DEFAULT_SKEW_TOLERANCE,
+    DEFAULT_WINDOW,
+    _scan,
+    bad_input_counts,
+    open_logs,
+)
 from revision.logs.schema import BOT_SCORES, CLICKS, IMPRESSIONS, NO_CLICK, ORDERS
 from revision.warehouse import Warehouse
 
@@ -55,16 +61,7 @@ def compute_stats(
         "bot_share": None,
         "bot_user_share": None,
         "window_s": window,
-        "rules": {
-            k: facts[k]
-            for k in (
-                "invalid_request_rows",
-                "duplicate_request_rows",
-                "skewed_clicks",
-                "late_clicks",
-                "orphan_clicks",
-            )
-        },
+        "rules": bad_input_counts(facts),
     }
     if warehouse.exists(IMPRESSIONS):
         con.execute(f"""CREATE TEMP VIEW imp AS SELECT i.request_id, i.product_id, i.rank
