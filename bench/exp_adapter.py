@@ -102,7 +102,7 @@ def query_latency_ms(adapter: ProjectionAdapter, dim: int, n: int = 2000) -> flo
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--warehouse", default="/tmp/wh1")
+    ap.add_argument("--warehouse", default=None)
     ap.add_argument("--sample", help=".npy of held-out product ids (default: drawn here)")
     ap.add_argument(
         "--eval",
