@@ -380,7 +380,9 @@ class QueryInfo:
         from revision.vision.encoder import get_image_encoder
 
         hist = get_image_encoder("colour-hist").encode([self.query.image])[0]
-        probs = heads.predict_proba(np.concatenate([self.query.vector, hist])[None, :])
+        # the heads read the encoder's raw embedding, not the adapter's search-space vector
+        raw = self.query.facts.get("embedding", self.query.vector)
+        probs = heads.predict_proba(np.concatenate([raw, hist])[None, :])
         for attr, p in probs.items():
             if attr not in self.catalog.codes or (exact and attr != "colour"):
                 continue
