@@ -10,7 +10,6 @@ cannot leak its design into the test split.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +35,6 @@ def colour_histogram(image: Image.Image) -> np.ndarray:
     bins = (hsv[:, 0] * 12 // 256) * 16 + (hsv[:, 1] * 4 // 256) * 4 + hsv[:, 2] * 4 // 256
     counts = np.bincount(bins, minlength=HIST_DIM).astype(np.float32)
     return np.sqrt(counts / counts.sum())
-
-
-def histograms(images_or_paths, loader=None) -> np.ndarray:
-    """Histograms for many images, decoded in threads when given paths."""
-
-    def one(item):
-        return colour_histogram(loader(item) if loader else item)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        rows = list(pool.map(one, images_or_paths))
-    return np.stack(rows) if rows else np.zeros((0, HIST_DIM), dtype=np.float32)
 
 
 class AttributeHeads:

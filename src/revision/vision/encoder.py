@@ -12,7 +12,6 @@ import os
 import threading
 import warnings
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -202,12 +201,6 @@ def get_image_encoder(name: str = "effnet-lite0-gem", **kwargs) -> ImageEncoder:
     if name not in _ENCODERS:
         raise InputError(f"unknown image encoder {name!r}; valid: {', '.join(_ENCODERS)}")
     return _ENCODERS[name](**kwargs)
-
-
-def decode_many(paths: list[str], loader) -> list:
-    """Decode images in threads (PIL releases the GIL while decoding)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(loader, paths))
 
 
 class ColourHistogram(ImageEncoder):
