@@ -608,3 +608,29 @@ def test_doctests(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted and not result.failed
+
+
+def test_attribute_heads_read_the_raw_embedding_not_the_search_space_vector(
+    engine, queries, monkeypatch
+):
+    """With a projection adapter the query vector lives in the index's space; the heads were
+    trained on raw encoder embeddings (kept in `facts["embedding"]`)."""
+    import revision.tools.info as info
+
+    seen = []
+
+    class RecordingHeads:
+        def __init__(self):
+            self.classes_ = {"colour": ["Black"]}
+
+        def predict_proba(self, features):
+            seen.append(features)
+            return {"colour": np.ones((1, 1))}
+
+    monkeypatch.setattr(info, "_heads", lambda engine: RecordingHeads())
+    _, photo, raw = queries[0]
+    projected = raw[::-1].copy()  # stands in for the adapter's projection
+    query = Query(source="test", image=photo, vector=projected, facts={"embedding": raw})
+    QueryInfo(engine, catalog_arrays(engine), query).attributes()
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0][0, : len(raw)], raw)
