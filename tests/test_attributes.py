@@ -34,6 +34,28 @@ def test_heads_learn_save_and_reload(tmp_path):
         np.testing.assert_allclose(reloaded.predict_proba(x[:5])[attr], probs, atol=1e-6)
 
 
+def test_numpy_inference_matches_the_torch_network_and_follows_refits():
+    import torch
+
+    x, labels = synthetic()
+    heads = AttributeHeads(attributes=("colour", "category"), hidden=32, epochs=3, batch_size=32)
+    heads.fit(x, labels)
+
+    def torch_proba():
+        inputs = torch.from_numpy((x[:50] - heads.mean_) / heads.scale_)
+        with torch.inference_mode():
+            return [torch.softmax(o, dim=1).numpy() for o in heads.model_(inputs)]
+
+    for got, expected in zip(heads.predict_proba(x[:50]).values(), torch_proba(), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    before = heads.predict_proba(x[:50])["colour"]
+    heads.epochs = 10
+    heads.fit(x, labels)  # new weights: the cached numpy copy must not survive the refit
+    assert not np.allclose(heads.predict_proba(x[:50])["colour"], before, atol=1e-3)
+    for got, expected in zip(heads.predict_proba(x[:50]).values(), torch_proba(), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_colour_histogram_ignores_the_white_studio_background():
     red = Image.new("RGB", (100, 150), "white")
     red.paste((200, 20, 20), (30, 40, 70, 110))

@@ -17,7 +17,6 @@ executed or passed on as instructions.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 from dataclasses import dataclass, field
@@ -247,62 +246,8 @@ _HEADS_LOCK = threading.Lock()
 SAME_ITEM_SCORE = 0.9  # a catalog product this close to the query is taken as the item itself
 
 
-class _NumpyHeads:
-    """The trained heads' forward pass in numpy: the same weights, ~0.3 ms instead of ~12 ms
-    for one photo through torch on 2 busy cores (thread-pool wake-ups dominate so small a net).
-    Built only when the network is the known shape (Linear, GELU trunk; one Linear per
-    attribute) and checked against torch on a probe batch; otherwise torch is used."""
-
-    def __init__(self, heads):
-        import torch
-
-        trunk = [m for m in heads.model_.trunk if not isinstance(m, torch.nn.Dropout)]
-        if (
-            len(trunk) != 2
-            or not isinstance(trunk[0], torch.nn.Linear)
-            or not isinstance(trunk[1], torch.nn.GELU)
-        ):
-            raise TypeError("unexpected attribute-head network")
-        self.attributes = heads.attributes
-        self.classes_ = heads.classes_
-        self.mean, self.scale = heads.mean_, heads.scale_
-        self.w1 = trunk[0].weight.detach().numpy().T.astype(np.float32).copy()
-        self.b1 = trunk[0].bias.detach().numpy().astype(np.float32)
-        self.out = [
-            (h.weight.detach().numpy().T.astype(np.float32).copy(), h.bias.detach().numpy())
-            for h in heads.model_.heads
-        ]
-        probe = np.random.default_rng(0).normal(size=(4, len(self.mean))).astype(np.float32)
-        expected = heads.predict_proba(probe * self.scale + self.mean)
-        got = self.predict_proba(probe * self.scale + self.mean)
-        if any(not np.allclose(expected[a], got[a], atol=1e-4) for a in self.attributes):
-            raise ValueError("numpy forward pass disagrees with torch")
-
-    def predict_proba(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        from scipy.special import erf
-
-        x = (np.atleast_2d(features).astype(np.float32) - self.mean) / self.scale
-        z = np.einsum("ij,jk->ik", x, self.w1) + self.b1
-        z = 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))  # exact GELU, as torch's default
-        out = {}
-        for attr, (w, b) in zip(self.attributes, self.out, strict=True):
-            logits = np.einsum("ij,jk->ik", z, w) + b
-            logits -= logits.max(axis=1, keepdims=True)
-            e = np.exp(logits)
-            out[attr] = e / e.sum(axis=1, keepdims=True)
-        return out
-
-    def predict(self, features: np.ndarray) -> list[dict[str, tuple[str, float]]]:
-        probs = self.predict_proba(features)
-        n = len(next(iter(probs.values())))
-        return [
-            {a: (self.classes_[a][int(p[i].argmax())], float(p[i].max())) for a, p in probs.items()}
-            for i in range(n)
-        ]
-
-
 def _heads(engine: SearchEngine):
-    """The warehouse's trained attribute heads (numpy forward when possible), or None."""
+    """The warehouse's trained attribute heads, or None."""
     from revision.vision.attributes import AttributeHeads
     from revision.vision.training import HEADS_PATH
 
@@ -312,10 +257,7 @@ def _heads(engine: SearchEngine):
     key = (str(path), path.stat().st_mtime)
     with _HEADS_LOCK:
         if key not in _HEADS:
-            heads = AttributeHeads.load(path)
-            with contextlib.suppress(TypeError, ValueError, AttributeError):
-                heads = _NumpyHeads(heads)
-            _HEADS[key] = heads
+            _HEADS[key] = AttributeHeads.load(path)
         return _HEADS[key]
 
 
@@ -323,7 +265,7 @@ def warm_up(engine: SearchEngine) -> None:
     """Load the attribute heads and run them once, outside any request's deadline."""
     heads = _heads(engine)
     if heads is not None:
-        heads.predict(np.zeros((1, len(heads.mean_ if hasattr(heads, "mean_") else heads.mean))))
+        heads.predict(np.zeros((1, len(heads.mean_)), np.float32))
 
 
 class QueryInfo:

@@ -120,20 +120,39 @@ class AttributeHeads:
                 total += loss.item() * len(batch)
             self.loss_history_.append(total / len(inputs))
         self.model_.eval()
+        self._weights_ = None  # re-read by the next prediction
         return self
 
     def predict_proba(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
+        """Softmax probabilities per attribute.
+
+        Inference runs in numpy on the trained weights (dropout is the identity at inference):
+        ~0.3 ms for one photo instead of ~12 ms through torch on 2 busy cores, where thread-pool
+        wake-ups dominate so small a network; the search path calls it once per query.
+        """
+        from scipy.special import erf, softmax
 
         if not hasattr(self, "model_"):
             raise MissingArtifactError("attribute heads are not trained")
+        (w1, b1), heads = self._weights()
         x = (np.atleast_2d(np.asarray(features, dtype=np.float32)) - self.mean_) / self.scale_
-        with torch.inference_mode():
-            outputs = self.model_(torch.from_numpy(x.astype(np.float32)))
+        z = np.einsum("ij,jk->ik", x.astype(np.float32), w1) + b1
+        z = 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))  # the exact GELU, torch's default
         return {
-            a: torch.softmax(o, dim=1).numpy()
-            for a, o in zip(self.attributes, outputs, strict=True)
+            a: softmax(np.einsum("ij,jk->ik", z, w) + b, axis=1)
+            for a, (w, b) in zip(self.attributes, heads, strict=True)
         }
+
+    def _weights(self):
+        """(trunk weight, bias) and one (weight, bias) per head, as numpy, read once."""
+        if getattr(self, "_weights_", None) is None:
+
+            def arrays(layer):
+                weight = layer.weight.detach().numpy().T.astype(np.float32).copy()
+                return weight, layer.bias.detach().numpy().astype(np.float32).copy()
+
+            self._weights_ = (arrays(self.model_.trunk[1]), [arrays(h) for h in self.model_.heads])
+        return self._weights_
 
     def predict(self, features: np.ndarray) -> list[dict[str, tuple[str, float]]]:
         """Per row: {attribute: (label, probability)} for the most likely label."""
