@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +13,7 @@ from typer.testing import CliRunner
 from revision.catalog.importer import import_table
 from revision.errors import ConfigError, InputError
 from revision.logs.schema import CLICKS, IMPRESSIONS, ORDERS, REQUESTS, SCHEMAS
+from revision.mining.inputs import InputAssembler
 from revision.search._base import Hit, SearchResponse, Stage
 from revision.search.engine import SearchEngine, build_index
 from revision.search.pipeline import SearchPipeline
@@ -420,6 +424,26 @@ def test_pool_build_resumes_and_reuses(small_catalog):
     assert resumed.hashes == cat["pool"].hashes
     assert set(cat["pool"].kinds) >= {"mild", "medium"}
     assert all(p.endswith(".jpg") and "artifacts/sim/photos" in p for p in resumed.images)
+
+
+def test_a_copied_warehouse_still_finds_its_simulated_photos(small_catalog, tmp_path):
+    """Pool photos are logged relative to the warehouse; catalog photos outside stay absolute."""
+    moved = Warehouse(tmp_path / "moved")
+    shutil.copytree(small_catalog["wh"].root, moved.root)
+    engine = SearchEngine.open(moved)
+    summary = simulate(
+        small_catalog["world"], SearchPipeline(engine), moved, users=40, requests=300, seed=9
+    )
+    assert summary["pool"]["built"] == 0  # the copied pool is found, not rebuilt
+    requests = moved.read_pandas(REQUESTS)
+    pooled = requests[requests["image"].str.startswith("artifacts/sim/photos/")]
+    catalog = requests[~requests.index.isin(pooled.index)]
+    assert len(pooled) > 100 and len(catalog) > 0
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in catalog["image"])
+    found = InputAssembler(moved, REQUESTS, pooled["request_id"].tolist()).images
+    assert {Path(found[r][0]).parent for r in pooled["request_id"]} == {
+        moved.root / "artifacts" / "sim" / "photos"
+    }
 
 
 def test_cli_simulate_prints_a_summary(small_catalog, tmp_path):

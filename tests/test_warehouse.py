@@ -47,3 +47,15 @@ def test_bad_names_and_missing_tables_fail_clearly(tmp_path):
         wh.write("t", pa.table({"x": [1]}), {"dt": "a/b"})
     with pytest.raises(MissingArtifactError, match="'mining/signals' not found"):
         wh.read("mining/signals")
+
+
+def test_paths_inside_are_stored_relative_and_resolved_back(tmp_path):
+    wh = Warehouse(tmp_path / "wh")
+    inside = wh.artifact("sim", "photos", "a.jpg")
+    outside = tmp_path / "catalog" / "b.jpg"
+    assert wh.relative(inside) == "artifacts/sim/photos/a.jpg"
+    assert wh.relative(outside) == str(outside)  # outside the warehouse: kept absolute
+    assert wh.resolve("artifacts/sim/photos/a.jpg") == inside
+    assert wh.resolve(str(outside)) == outside
+    moved = Warehouse(tmp_path / "elsewhere")
+    assert moved.resolve(wh.relative(inside)) == moved.root / "artifacts/sim/photos/a.jpg"

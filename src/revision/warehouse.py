@@ -61,6 +61,19 @@ class Warehouse:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def relative(self, path: str | os.PathLike) -> str:
+        """How a file inside the warehouse is stored in a table: relative to the root, so the
+        warehouse can move (or be copied to another machine) without breaking its logs."""
+        path = Path(path).absolute()
+        return (
+            path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+        )
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """A path read from a table: relative ones start at the warehouse root."""
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
     def exists(self, name: str) -> bool:
         folder = self.table_dir(name)
         return folder.is_dir() and any(folder.rglob("*.parquet"))

@@ -374,7 +374,7 @@ def _mined_jobs(executor, n: int, exclude: set[str]) -> list:
             dag = executor.prepare(ToolDag(plan_from_signals(usable, executor.tools)))
         except PlanError:
             continue
-        jobs.append((image_of[request_id], dag, str(request_id)))
+        jobs.append((str(wh.resolve(image_of[request_id])), dag, str(request_id)))
         if len(jobs) == n:
             break
     if not jobs:

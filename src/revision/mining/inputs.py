@@ -9,8 +9,6 @@ impressions (`logs/impressions`, first K by rank) joined to the catalog.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -84,10 +82,8 @@ class InputAssembler:
 
     def _resolve(self, image: str) -> str:
         """Relative photo paths are relative to the warehouse (where the simulator puts them)."""
-        path = Path(image)
-        if not path.is_absolute() and (self.warehouse.root / path).exists():
-            return str(self.warehouse.root / path)
-        return image
+        path = self.warehouse.resolve(image)
+        return str(path) if path.exists() else image
 
     def _impressions(self, wanted: pa.Array) -> dict[str, list[tuple[int, str, float]]]:
         data = self.warehouse.read(

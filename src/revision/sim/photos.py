@@ -171,7 +171,7 @@ def build_pool(
         for s in specs
         if s.key not in done
         or done[s.key][1] not in embedder.cache
-        or not Path(done[s.key][0]).exists()
+        or not warehouse.resolve(done[s.key][0]).exists()
     ]
     chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -198,7 +198,7 @@ def build_pool(
                     "product_id": [s.product_id for s in chunk],
                     "kind": [s.kind for s in chunk],
                     "seed": [s.seed for s in chunk],
-                    "image": [str(p) for p in paths],
+                    "image": [warehouse.relative(p) for p in paths],
                     "image_hash": hashes,
                 },
                 schema=MANIFEST_SCHEMA,
@@ -212,7 +212,7 @@ def build_pool(
     return PhotoPool(
         product_ids=[s.product_id for s in specs],
         kinds=[s.kind for s in specs],
-        images=manifest["image"].tolist(),
+        images=[str(warehouse.resolve(p)) for p in manifest["image"]],
         hashes=hashes,
         vectors=embedder.cache.get(hashes)
         if hashes

@@ -612,7 +612,7 @@ def _run_day(
         req["request_id"].append(rid)
         req["user_id"].append(all_ids[user])
         req["ts"].append(ts)
-        req["image"].append(image)
+        req["image"].append(sim.warehouse.relative(image))  # the warehouse stays movable
         req["image_hash"].append(image_hash)
         req["relevance"].append(float(response.relevance))
         imp["request_id"].extend([rid] * len(pids))
