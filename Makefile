@@ -35,7 +35,8 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q
 
-bench: install
+# Benchmarks also drive the real llama.cpp server and Ray, like the tests.
+bench: $(TEST_STAMP)
 	HM=$(HM) BIN=$(BIN) bash scripts/bench.sh
 
 lint: install

