@@ -36,9 +36,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from bench_clustering import _table, purity, score_settings
+from bench_clustering import _table, score_settings, scores
 from revision.logs.schema import NO_CLICK
 from revision.mining import run_mining
 from revision.mining.local_server import llama_server, server_available
@@ -90,15 +89,6 @@ def top1_pairs(signals: pd.DataFrame, intents: pd.DataFrame) -> list[tuple[str, 
     return list(zip(joined["action"].str.strip(), joined["intent"], strict=True))
 
 
-def grouping_scores(truth: list[str], groups: list[str]) -> dict:
-    return {
-        "purity": round(purity(truth, groups), 4),
-        "nmi": round(float(normalized_mutual_info_score(truth, groups)), 4),
-        "ari": round(float(adjusted_rand_score(truth, groups)), 4),
-        "groups": len(set(groups)),
-    }
-
-
 def evaluate(name: str, pairs: list[tuple[str, str]], signals: pd.DataFrame, cache) -> dict:
     encoder = get_text_encoder("auto", texts=[p[0] for p in pairs], cache=cache)
     result = score_settings(pairs, encoder, noise_as_one=True)
@@ -106,9 +96,9 @@ def evaluate(name: str, pairs: list[tuple[str, str]], signals: pd.DataFrame, cac
     result.update(
         analyst=name,
         # one group per distinct text: no clustering of these texts can reach a higher purity
-        by_text=grouping_scores(truth, [p[0] for p in pairs]),
+        by_text=scores(truth, [p[0] for p in pairs]),
         # everything in one group: purity is the largest intent's share
-        one_group=grouping_scores(truth, ["all"] * len(pairs)),
+        one_group=scores(truth, ["all"] * len(pairs)),
         intent_counts=dict(sorted(Counter(p[1] for p in pairs).items())),
         top_actions=Counter(p[0] for p in pairs).most_common(8),
         distinct_actions=len({p[0] for p in pairs}),
