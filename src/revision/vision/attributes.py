@@ -136,7 +136,7 @@ class AttributeHeads:
             raise MissingArtifactError("attribute heads are not trained")
         (w1, b1), heads = self._weights()
         x = (np.atleast_2d(np.asarray(features, dtype=np.float32)) - self.mean_) / self.scale_
-        z = np.einsum("ij,jk->ik", x.astype(np.float32), w1) + b1
+        z = np.einsum("ij,jk->ik", x, w1) + b1
         z = 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))  # the exact GELU, torch's default
         return {
             a: softmax(np.einsum("ij,jk->ik", z, w) + b, axis=1)
