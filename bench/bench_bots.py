@@ -19,6 +19,7 @@ from revision.search.engine import SearchEngine
 from revision.search.pipeline import SearchPipeline
 from revision.sim.traffic import simulate
 from revision.sim.world import load_world
+from revision.tables import TRUTH
 from revision.warehouse import Warehouse
 
 COPY = ("catalog", "artifacts/index", "artifacts/cache", "artifacts/models")
@@ -41,14 +42,14 @@ def run(source: Warehouse, requests: int, days: int) -> dict:
         for wh, seed in ((train_wh, 11), (test_wh, 12)):
             pipeline = SearchPipeline(SearchEngine.open(wh))
             simulate(world, pipeline, wh, users=3000, days=days, requests=requests, seed=seed)
-        report = train_bot_filter(train_wh)
+        report = train_bot_filter(train_wh, TRUTH)
         out["cross_validated"] = json.loads(json.dumps(report.as_dict(), default=str))
         for name in ("bot_filter.joblib", "bot_filter.json"):
             src = train_wh.artifact("models", name)
             if src.exists():
                 shutil.copy(src, test_wh.artifact("models", name))
         extract_no_click(test_wh, nsfw=False)
-        out["held_out"] = evaluate_bot_scores(test_wh)
+        out["held_out"] = evaluate_bot_scores(test_wh, TRUTH)
     return out
 
 

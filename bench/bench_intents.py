@@ -38,11 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bench_clustering import _table, score_settings, scores
-from revision.logs.schema import NO_CLICK
 from revision.mining import run_mining
 from revision.mining.local_server import llama_server, server_available
-from revision.mining.runner import SIGNALS, RunState
+from revision.mining.runner import RunState
 from revision.sim.truth import read_truth
+from revision.tables import NO_CLICK, SIGNALS
 from revision.text import EmbeddingCache, get_text_encoder
 from revision.warehouse import Warehouse
 

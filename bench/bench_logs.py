@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from revision.logs.schema import CLICKS, REQUESTS, SCHEMAS
+from revision.tables import CLICKS, REQUESTS
 from revision.warehouse import Warehouse
 
 DAY0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -100,7 +100,7 @@ def generate(
 
     clicked = rng.random(n) < np.where(is_bot, 0.02, 0.70)
     delay = (1_000 + rng.exponential(9_000, n)).astype(np.int64)  # some land after 30 s
-    ts_type = SCHEMAS[REQUESTS].field("ts").type
+    ts_type = REQUESTS.schema.field("ts").type
     requests = pa.table(
         {
             "request_id": request_id,
@@ -111,7 +111,7 @@ def generate(
             "relevance": rng.random(n),
             "variant": np.full(n, "baseline"),
         },
-        schema=SCHEMAS[REQUESTS],
+        schema=REQUESTS.schema,
     )
     clicks = pa.table(
         {
@@ -120,7 +120,7 @@ def generate(
             "ts": pa.array(ts[clicked] + delay[clicked], pa.int64()).cast(ts_type),
             "dwell_s": rng.exponential(20, int(clicked.sum())),
         },
-        schema=SCHEMAS[CLICKS],
+        schema=CLICKS.schema,
     )
     for name, table in ((REQUESTS, requests), (CLICKS, clicks)):
         day = pc.strftime(table["ts"], format="%Y-%m-%d")

@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from revision.logs.schema import NO_CLICK
 from revision.mining.inputs import InputAssembler, plan_requests
-from revision.mining.runner import ERRORS, SIGNALS, RunState, run_mining
+from revision.mining.runner import RunState, run_mining
+from revision.tables import MINING_ERRORS, NO_CLICK, SIGNALS
 from revision.warehouse import Warehouse
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -67,7 +67,7 @@ def _drop(warehouse: Warehouse, run: str) -> None:
     state = RunState(warehouse, run)
     if state.exists():
         state.drop(warehouse)
-    for table in (SIGNALS, ERRORS):
+    for table in (SIGNALS, MINING_ERRORS):
         if warehouse.table_dir(table).exists() and not any(warehouse.files(table)):
             import shutil
 

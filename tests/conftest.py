@@ -19,9 +19,13 @@ os.environ.setdefault("REVISION_CACHE", tempfile.mkdtemp(prefix="revision-cache-
 @pytest.fixture(autouse=True)
 def isolated_warehouse(tmp_path, monkeypatch):
     """Point $REVISION_HOME at a fresh temp dir so tests never touch ./.revision."""
+    from revision.settings import get_settings
+
     home = tmp_path / "warehouse"
     monkeypatch.setenv("REVISION_HOME", str(home))
-    return home
+    get_settings.cache_clear()  # settings are read once per process; each test is a new one
+    yield home
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

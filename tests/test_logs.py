@@ -15,17 +15,19 @@ from typer.testing import CliRunner
 
 from revision.cli.main import app
 from revision.errors import InputError, MissingArtifactError
+from revision.eval.logs_truth import logs_evaluation
 from revision.logs.bots import (
     FEATURES,
     RuleBotFilter,
     precision_recall,
-    read_truth_labels,
+    read_labels,
     train_bot_filter,
     user_features,
 )
 from revision.logs.no_click import extract_no_click, open_logs
 from revision.logs.quality_filter import assess_images
-from revision.logs.schema import (
+from revision.logs.stats import compute_stats
+from revision.tables import (
     BOT_SCORES,
     CLICKS,
     IMAGE_QUALITY,
@@ -33,9 +35,8 @@ from revision.logs.schema import (
     NO_CLICK,
     ORDERS,
     REQUESTS,
-    SCHEMAS,
+    TRUTH,
 )
-from revision.logs.stats import compute_stats
 from revision.vision.images import content_hash
 from revision.warehouse import Warehouse
 
@@ -74,7 +75,7 @@ def write_day_tables(wh: Warehouse, name: str, rows: list[dict], day_of) -> None
     for row in rows:
         by_day.setdefault(day_of(row), []).append(row)
     for day, items in by_day.items():
-        wh.write(name, pa.Table.from_pylist(items, schema=SCHEMAS[name]), {"dt": day})
+        wh.write(name, pa.Table.from_pylist(items, schema=name.schema), {"dt": day})
 
 
 def make_world(wh: Warehouse, photos, *, humans=120, bots=12, days=3, seed=0) -> list[dict]:
@@ -153,7 +154,8 @@ def make_world(wh: Warehouse, photos, *, humans=120, bots=12, days=3, seed=0) ->
     rdays = {r["request_id"]: day(r) for r in requests}
     write_day_tables(wh, IMPRESSIONS, impressions, lambda r: rdays[r["request_id"]])
     write_day_tables(wh, CLICKS, clicks, day)
-    wh.write("sim/truth", pa.Table.from_pylist(truth))
+    rows = [{"clicked": False, "ordered": False, **t} for t in truth]
+    wh.write(TRUTH, pa.Table.from_pylist(rows, schema=TRUTH.schema))
     return truth
 
 
@@ -253,7 +255,7 @@ def test_duplicate_request_ids_keep_the_earliest(wh, photos):
 def test_empty_days_and_no_clicks_table(wh, photos):
     good = photos["good"][0]
     write_small(wh, [req("a", "u1", 10, good, day=0), req("b", "u1", 10, good, day=3)], [])
-    wh.write(REQUESTS, SCHEMAS[REQUESTS].empty_table(), {"dt": "2026-03-03"})  # an empty day
+    wh.write(REQUESTS, REQUESTS.schema.empty_table(), {"dt": "2026-03-03"})  # an empty day
     report = extract_no_click(wh, bot_filter="none", nsfw=False)
     assert report.days == ["2026-03-02", "2026-03-05"]
     assert report.empty_days == ["2026-03-03", "2026-03-04"]
@@ -337,7 +339,7 @@ def world(tmp_path_factory, photos):
     """One synthetic world, trained and extracted once for the tests below."""
     wh = Warehouse(tmp_path_factory.mktemp("world"))
     truth = make_world(wh, photos, humans=200, bots=16)
-    training = train_bot_filter(wh)
+    training = train_bot_filter(wh, TRUTH)
     report = extract_no_click(wh, nsfw=False)
     return wh, truth, training, report
 
@@ -363,7 +365,7 @@ def test_bot_classifier_reaches_high_precision_and_recall(world):
     assert (wh.root / "artifacts/models/bot_filter.joblib").exists()
     assert json.loads((wh.root / "artifacts/models/bot_filter.json").read_text())["users"] == 216
     scores = wh.read_pandas(BOT_SCORES)
-    labels = read_truth_labels(wh).set_index("user_id")["is_bot"]
+    labels = read_labels(wh, TRUTH).set_index("user_id")["is_bot"]
     pr = precision_recall(labels[scores.user_id].to_numpy(), scores.is_bot.to_numpy())
     assert pr["precision"] >= 0.9 and pr["recall"] >= 0.9
 
@@ -396,7 +398,7 @@ def test_extraction_drop_reasons(world):
             assert t["photo_kind"] in row["quality"].split(",")
     bot_rows = [r for r in rows if kinds[r["request_id"]]["is_bot"]]
     assert sum(r["drop_reason"] == "bot" for r in bot_rows) / len(bot_rows) >= 0.95
-    assert SCHEMAS[NO_CLICK].names == wh.read(NO_CLICK).schema.names[:-1]  # + the dt partition
+    assert NO_CLICK.schema.names == wh.read(NO_CLICK).schema.names[:-1]  # + the dt partition
 
 
 # -- stats ---------------------------------------------------------------------------------------
@@ -436,7 +438,7 @@ def test_stats_on_a_hand_made_log(wh, photos):
                     "price": 19.5,
                 }
             ],
-            schema=SCHEMAS[ORDERS],
+            schema=ORDERS.schema,
         ),
         {"dt": "2026-03-02"},
     )
@@ -467,8 +469,8 @@ def test_stats_on_a_hand_made_log(wh, photos):
 def test_stats_evaluation_and_report(world, tmp_path):
     wh, *_ = world
     s = compute_stats(wh)
-    assert 0 < s["bot_share"] < 1
-    ev = s["evaluation"]
+    assert 0 < s["bot_share"] < 1 and "evaluation" not in s  # the log stage never reads truth
+    s["evaluation"] = ev = logs_evaluation(wh)
     assert {r["intent"] for r in ev["no_click_by_intent"]} == {"exact", "cheaper", "colour"}
     assert ev["bot_filter"]["per_user"]["recall"] >= 0.9
     quality = ev["quality_filter"]  # the degraded photos the world sent, caught
@@ -516,6 +518,8 @@ def test_cli_json_shapes(world, tmp_path):
 def test_cli_train_bot_filter_json(wh, photos):
     make_world(wh, photos, humans=40, bots=6, days=2, seed=3)
     out = runner.invoke(app, ["logs", "train-bot-filter", "--json"])
+    assert out.exit_code != 0 and "--labels" in out.output  # no default points at sim/truth
+    out = runner.invoke(app, ["logs", "train-bot-filter", "--labels", "sim/truth", "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["bots"] == 6 and {"precision", "recall", "f1"} <= set(data["per_user"])

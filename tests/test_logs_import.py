@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from revision.catalog.schema import PRODUCT_SCHEMA, PRODUCTS
 from revision.cli.main import app
 from revision.errors import InputError
 from revision.logs.importer import import_logs, message
 from revision.logs.no_click import extract_no_click
-from revision.logs.schema import CLICKS, IMPRESSIONS, ORDERS, REJECTS, REQUESTS, SCHEMAS
+from revision.tables import CLICKS, IMPRESSIONS, ORDERS, PRODUCTS, REQUESTS
+from revision.tables import LOG_REJECTS as REJECTS
 from revision.warehouse import Warehouse
 
 runner = CliRunner()
@@ -120,7 +120,7 @@ def test_reimport_adds_nothing_and_conflicts_are_reported(wh, tmp_path):
     ]
     sim_file = wh.write(
         REQUESTS,
-        pa.Table.from_pylist(sim_rows, schema=SCHEMAS[REQUESTS]),
+        pa.Table.from_pylist(sim_rows, schema=REQUESTS.schema),
         {"dt": "2026-03-02"},
         file="part-baseline.parquet",
     )
@@ -144,7 +144,7 @@ def test_folder_import_all_tables_with_catalog_checks(wh, tmp_path):
     wh.write(
         PRODUCTS,
         pa.Table.from_pylist(
-            [{"product_id": "p1", "title": "Dress", "image_path": "/x.jpg"}], schema=PRODUCT_SCHEMA
+            [{"product_id": "p1", "title": "Dress", "image_path": "/x.jpg"}], schema=PRODUCTS.schema
         ),
     )
     folder = tmp_path / "export"

@@ -23,9 +23,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from revision.catalog.schema import PRODUCT_SCHEMA, PRODUCTS, load_products
+from revision.catalog.schema import load_products
 from revision.errors import InputError
-from revision.logs.schema import IMPRESSIONS, NO_CLICK, REQUESTS, SCHEMAS
 from revision.mining import CANONICAL_ACTIONS, get_analyst, run_mining
 from revision.mining._base import MiningInput
 from revision.mining.embedded import EmbeddedAnalyst
@@ -33,7 +32,8 @@ from revision.mining.inputs import InputAssembler, plan_requests
 from revision.mining.local_server import llama_server as llama_server_on
 from revision.mining.local_server import server_available
 from revision.mining.openai_backend import data_block, load_prompt
-from revision.mining.runner import ERRORS, SIGNALS, RunState
+from revision.mining.runner import RunState
+from revision.tables import IMPRESSIONS, MINING_ERRORS, NO_CLICK, PRODUCTS, REQUESTS, SIGNALS
 from revision.vision.images import content_hash
 from revision.warehouse import Warehouse
 
@@ -95,15 +95,15 @@ def _make_logs(warehouse: Warehouse) -> None:
                 "relevance": [None] * n,
                 "variant": ["baseline"] * n,
             },
-            schema=SCHEMAS[REQUESTS],
+            schema=REQUESTS.schema,
         ),
         {"dt": "2026-01-05"},
     )
     warehouse.write(
         IMPRESSIONS,
         pa.table(
-            dict(zip(SCHEMAS[IMPRESSIONS].names, zip(*impressions, strict=True), strict=True)),
-            schema=SCHEMAS[IMPRESSIONS],
+            dict(zip(IMPRESSIONS.schema.names, zip(*impressions, strict=True), strict=True)),
+            schema=IMPRESSIONS.schema,
         ),
         {"dt": "2026-01-05"},
     )
@@ -163,8 +163,8 @@ def _outcome(warehouse: Warehouse) -> tuple[dict[str, list], dict[str, int]]:
         for row in warehouse.read(SIGNALS).to_pylist():
             signals.setdefault(row["request_id"], []).append(row)
     errors: dict[str, int] = {}
-    if warehouse.exists(ERRORS):
-        for rid in warehouse.read(ERRORS).column("request_id").to_pylist():
+    if warehouse.exists(MINING_ERRORS):
+        for rid in warehouse.read(MINING_ERRORS).column("request_id").to_pylist():
             errors[rid] = errors.get(rid, 0) + 1
     return signals, errors
 
@@ -309,7 +309,7 @@ def test_run_mines_kept_requests_exactly_once_and_reports_bad_photos(wh):
     assert summary.complete and summary.requests == len(kept) and summary.batches == 3
     assert summary.analysed == len(kept) - 1 and summary.errors == 1
     _assert_exactly_once(wh, kept)
-    errors = wh.read(ERRORS).to_pylist()
+    errors = wh.read(MINING_ERRORS).to_pylist()
     assert errors[0]["request_id"] == "rbad" and errors[0]["stage"] == "perception"
     assert "rbad.jpg" in errors[0]["reason"]
     signals = wh.read(SIGNALS)
@@ -568,7 +568,7 @@ def test_openai_garbage_after_retries_goes_to_errors_and_the_run_goes_on(wh, stu
         options={"base_url": server.url, "backoff_s": 0.01, "max_retries": 1, "images": False},
     )
     assert summary.complete and summary.analysed == 0 and summary.errors == 3
-    errors = wh.read(ERRORS).to_pylist()
+    errors = wh.read(MINING_ERRORS).to_pylist()
     assert {e["stage"] for e in errors} == {"stage1"}
     assert all("after 2 attempt(s)" in e["reason"] for e in errors)
     _assert_exactly_once(wh, _kept(wh)[:3])
@@ -628,8 +628,8 @@ def test_openai_end_to_end_against_llama_cpp(wh, llama_server):
     item = next(x for x in _inputs(wh) if x.request_id == "r002")
     original = item.results[0].product_id
     twin = products[products.product_id == original].assign(product_id="evil0001", title=INJECTION)
-    catalog = pd.concat([products, twin], ignore_index=True)[PRODUCT_SCHEMA.names]
-    wh.write(PRODUCTS, pa.Table.from_pandas(catalog, schema=PRODUCT_SCHEMA, preserve_index=False))
+    catalog = pd.concat([products, twin], ignore_index=True)[PRODUCTS.schema.names]
+    wh.write(PRODUCTS, pa.Table.from_pandas(catalog, schema=PRODUCTS.schema, preserve_index=False))
     _add_twin_request(wh, "r002", "r002x", {original: "evil0001"})
     wh.drop(NO_CLICK)
     wh.write(NO_CLICK, pa.table({"request_id": ["r002", "r002x"], "kept": [True, True]}))
@@ -668,13 +668,13 @@ def _add_twin_request(wh: Warehouse, rid: str, twin: str, swap: dict[str, str]) 
     ]
     wh.write(
         REQUESTS,
-        pa.Table.from_pylist(new_req, SCHEMAS[REQUESTS]),
+        pa.Table.from_pylist(new_req, REQUESTS.schema),
         {"dt": "2026-01-05"},
         file="twin.parquet",
     )
     wh.write(
         IMPRESSIONS,
-        pa.Table.from_pylist(new_imp, SCHEMAS[IMPRESSIONS]),
+        pa.Table.from_pylist(new_imp, IMPRESSIONS.schema),
         {"dt": "2026-01-05"},
         file="twin.parquet",
     )

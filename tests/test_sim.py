@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from revision.catalog.importer import import_table
 from revision.errors import ConfigError, InputError
-from revision.logs.schema import CLICKS, IMPRESSIONS, ORDERS, REQUESTS, SCHEMAS
 from revision.mining.inputs import InputAssembler
 from revision.search._base import Hit, SearchResponse, Stage
 from revision.search.engine import SearchEngine, build_index
@@ -28,8 +27,9 @@ from revision.sim.intents import (
 )
 from revision.sim.photos import MANIFEST_DIR, build_pool
 from revision.sim.traffic import simulate
-from revision.sim.truth import TRUTH, TRUTH_SCHEMA, read_truth
+from revision.sim.truth import read_truth
 from revision.sim.world import load_world, parse_world
+from revision.tables import CLICKS, IMPRESSIONS, ORDERS, REQUESTS, TRUTH
 from revision.warehouse import Warehouse
 
 N_PRODUCTS = 300
@@ -277,7 +277,7 @@ def test_logs_follow_the_schemas_and_truth_stays_apart(small_catalog, tmp_path):
     wh, summary = _run(small_catalog, tmp_path)
     for name in (REQUESTS, IMPRESSIONS, CLICKS, ORDERS):
         table = wh.read(name)
-        assert table.schema.remove(table.schema.get_field_index("dt")) == SCHEMAS[name]
+        assert table.schema.remove(table.schema.get_field_index("dt")) == name.schema
         assert wh.files(name)[0].parent.name == "dt=2025-06-02"
     requests = wh.read_pandas(REQUESTS)
     assert len(requests) == 1500 == summary["requests"]
@@ -285,7 +285,7 @@ def test_logs_follow_the_schemas_and_truth_stays_apart(small_catalog, tmp_path):
     assert set(requests["variant"]) == {"baseline"}
     assert "intent" not in requests.columns
     truth = read_truth(wh)
-    assert wh.read(TRUTH).schema.remove(wh.read(TRUTH).schema.get_field_index("dt")) == TRUTH_SCHEMA
+    assert wh.read(TRUTH).schema.remove(wh.read(TRUTH).schema.get_field_index("dt")) == TRUTH.schema
     assert set(truth["request_id"]) == set(requests["request_id"])
     clicks = wh.read_pandas(CLICKS).merge(
         requests[["request_id", "ts"]], on="request_id", suffixes=("", "_req")

@@ -18,6 +18,7 @@ from revision.cli.main import app
 from revision.search._base import Query, SearchContext, Stage
 from revision.search.engine import SearchEngine
 from revision.search.pipeline import SearchPipeline
+from revision.tables import REQUESTS, SIGNALS
 from revision.tools import (
     ALLOWED_EDITS,
     DEFAULT_TOOLS,
@@ -34,8 +35,8 @@ from revision.tools import (
     fork_context,
     load_plan,
     load_tools,
+    parse_indices,
     parse_info,
-    parse_plan_indices,
     registry,
 )
 from revision.tools.builtin import answer
@@ -220,9 +221,9 @@ def test_registration_checks_components():
 
 
 def test_plan_strings_parse_and_bad_ones_say_why():
-    assert parse_plan_indices("(1) (3) (5)") == [1, 3, 5]
-    assert parse_plan_indices("<think>dark photo, ask</think>\n(8)") == [8]
-    assert parse_plan_indices("2, 6") == [2, 6]
+    assert parse_indices("(1) (3) (5)") == [1, 3, 5]
+    assert parse_indices("<think>dark photo, ask</think>\n(8)") == [8]
+    assert parse_indices("2, 6") == [2, 6]
     for bad, words in (
         ("(1) (x)", "not a tool index"),
         ("(1) (1)", "twice"),
@@ -230,7 +231,7 @@ def test_plan_strings_parse_and_bad_ones_say_why():
         ("", "names no tools"),
     ):
         with pytest.raises(PlanError, match=words):
-            parse_plan_indices(bad)
+            parse_indices(bad)
 
 
 def test_unknown_index_is_a_clear_error():
@@ -353,7 +354,8 @@ def test_missing_input_is_a_clear_error(test_tools):
 
 
 def test_tool_list_entries_that_cannot_run_are_named(tmp_path):
-    from revision.clustering.toollist import ToolSpec, save_tool_list
+    from revision.clustering.toollist import save_tool_list
+    from revision.toollist import ToolSpec
 
     wh = Warehouse(tmp_path / "wh")
     save_tool_list(
@@ -543,21 +545,23 @@ def test_cli_compare_mined_requests(warehouse, engine, tmp_path):
     shutil.copytree(warehouse.root, wh.root)
     ids = engine.index.ids_[:3]
     images = [engine.products.loc[p, "image_path"] for p in ids]
-    wh.write("logs/requests", pa.table({"request_id": ["r1", "r2", "r3"], "image": images}))
+    ts = pa.array([0, 0, 0], REQUESTS.schema.field("ts").type)
+    requests = {"request_id": ["r1", "r2", "r3"], "user_id": ["u"] * 3, "ts": ts, "image": images}
+    wh.write(REQUESTS, pa.table(requests))
+    signals = [
+        ("r1", 1, "Show other colour variants", "variant group 1"),
+        ("r1", 2, "Label target products", "same item"),
+        ("r2", 1, "Unheard-of action xyzzy", "x"),
+        ("r3", 1, "Search by text description", "black dress"),
+    ]
     wh.write(
-        "mining/signals",
-        pa.table(
-            {
-                "request_id": ["r1", "r1", "r2", "r3"],
-                "position": pa.array([1, 2, 1, 1], pa.int32()),
-                "action": [
-                    "Show other colour variants",
-                    "Label target products",
-                    "Unheard-of action xyzzy",
-                    "Search by text description",
-                ],
-                "info": ["variant group 1", "same item", "x", "black dress"],
-            }
+        SIGNALS,
+        pa.Table.from_pylist(
+            [
+                dict(zip(("request_id", "position", "action", "info"), s, strict=True))
+                for s in signals
+            ],
+            schema=SIGNALS.schema,
         ),
     )
     args = ["tools", "compare", "--mined", "2", "--exclude", "text_search", "--json"]
@@ -597,7 +601,7 @@ def test_cli_unknown_index_exits_2_without_traceback(warehouse, engine):
     "module",
     [
         "revision.tools._base",
-        "revision.tools.dag",
+        "revision.tools.grammar",
         "revision.tools.info",
         "revision.tools.builtin.metadata",
     ],

@@ -80,7 +80,7 @@ def test_stages_that_discover_intents_never_read_the_truth():
         ("from ..sim import truth\n", True),
         ("from ...revision.sim import truth\n", False),  # beyond the top: not our package
         ("from . import hierarchy\n", False),
-        ("from revision.logs.schema import REQUESTS\n", False),
+        ("from revision.tables import REQUESTS\n", False),
         ("from revision.simple import x\n", False),
     ],
 )

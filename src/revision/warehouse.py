@@ -20,20 +20,20 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from revision.errors import InputError, MissingArtifactError
+from revision.tables import Table
+from revision.tables import get as declared
 
-ENV_VAR = "REVISION_HOME"
-DEFAULT_DIR = ".revision"
 _NAME = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)*$")
 _PART_VALUE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
 def resolve_root(path: str | os.PathLike | None = None) -> Path:
-    """`--warehouse DIR`, else `$REVISION_HOME`, else `./.revision`."""
+    """`--warehouse DIR`, else the settings' home (`$REVISION_HOME`, else `./.revision`)."""
     if path:
         return Path(path)
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR])
-    return Path(DEFAULT_DIR)
+    from revision.settings import get_settings
+
+    return get_settings().home
 
 
 class Warehouse:
@@ -87,7 +87,13 @@ class Warehouse:
         *,
         file: str = "part.parquet",
     ) -> Path:
-        """Atomically write `table` as `name/[k=v/...]/file`, replacing that file if present."""
+        """Atomically write `table` as `name/[k=v/...]/file`, replacing that file if present.
+        A declared table (`revision.tables`) must fit its declaration."""
+        spec = name if isinstance(name, Table) else declared(name)
+        if spec is not None:
+            problem = spec.check(table)
+            if problem:
+                raise InputError(f"writing table {spec.name}: {problem}")
         folder = self.table_dir(name)
         for key, value in (partition or {}).items():
             value = str(value)
@@ -120,7 +126,8 @@ class Warehouse:
         files = self.files(name)
         if not files:
             raise MissingArtifactError(
-                f"table {name!r} not found in warehouse {self.root} (run the stage that writes it)"
+                f"table {str(name)!r} not found in warehouse {self.root} "
+                "(run the stage that writes it)"
             )
         folder = self.table_dir(name)
         keys = [

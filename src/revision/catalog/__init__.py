@@ -1,11 +1,9 @@
 """Product catalog: import (H&M layout or any table with a column map), validation, storage."""
 
 from revision.catalog.importer import ImportReport, import_hm, import_table
-from revision.catalog.schema import PRODUCT_SCHEMA, REJECT_SCHEMA, load_products
+from revision.catalog.schema import load_products
 
 __all__ = [
-    "PRODUCT_SCHEMA",
-    "REJECT_SCHEMA",
     "ImportReport",
     "import_hm",
     "import_table",

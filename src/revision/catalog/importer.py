@@ -17,19 +17,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from revision.catalog.schema import (
-    OPTIONAL_FIELDS,
-    PRODUCT_SCHEMA,
-    PRODUCTS,
-    REJECT_SCHEMA,
-    REJECTS,
-)
 from revision.errors import InputError
 from revision.progress import progress
+from revision.tables import CATALOG_REJECTS, PRODUCTS
 from revision.vision.images import load_image
 from revision.warehouse import Warehouse
 
 REQUIRED_FIELDS = ("id", "title", "image")
+# Fields a column map may name besides the required ones.
+OPTIONAL_FIELDS = (
+    "description",
+    "category",
+    "colour",
+    "pattern",
+    "department",
+    "index_group",
+    "price",
+    "variant_group",
+)
 HM_COLUMNS = {
     "id": "article_id",
     "title": "prod_name",
@@ -200,7 +205,7 @@ def _import(
         merged = pd.concat([old[~old["product_id"].isin(out["product_id"])], out])
     merged = merged.sort_values("product_id").reset_index(drop=True)
     warehouse.write(
-        PRODUCTS, pa.Table.from_pandas(merged, schema=PRODUCT_SCHEMA, preserve_index=False)
+        PRODUCTS, pa.Table.from_pandas(merged, schema=PRODUCTS.schema, preserve_index=False)
     )
     _write_rejects(warehouse, source, rejects)
     return ImportReport(
@@ -232,11 +237,10 @@ def _check_images(paths: list[str]) -> list[str | None]:
 
 def _write_rejects(warehouse: Warehouse, source: str, rejects: list[dict]) -> None:
     """Rejects of a source replace that source's earlier rejects (re-import is idempotent)."""
-    keep = pd.DataFrame(columns=[f.name for f in REJECT_SCHEMA])
-    if warehouse.exists(REJECTS):
-        old = warehouse.read_pandas(REJECTS)
+    keep = pd.DataFrame(columns=CATALOG_REJECTS.names)
+    if warehouse.exists(CATALOG_REJECTS):
+        old = warehouse.read_pandas(CATALOG_REJECTS)
         keep = old[old["source"] != source]
     table = pd.concat([keep, pd.DataFrame(rejects, columns=keep.columns)], ignore_index=True)
-    warehouse.write(
-        REJECTS, pa.Table.from_pandas(table, schema=REJECT_SCHEMA, preserve_index=False)
-    )
+    rows = pa.Table.from_pandas(table, schema=CATALOG_REJECTS.schema, preserve_index=False)
+    warehouse.write(CATALOG_REJECTS, rows)

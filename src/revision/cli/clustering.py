@@ -22,11 +22,19 @@ OntologyOpt = Annotated[
         show_default=False,
     ),
 ]
-InputOpt = Annotated[
-    str,
+TableOpt = Annotated[
+    str | None,
     typer.Option(
-        "--input",
-        help="SOURCE: a warehouse table (mining/signals) or a text file with one action per line.",
+        "--table",
+        help="Warehouse table of mined actions (default: mining/signals).",
+        show_default=False,
+    ),
+]
+FileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--file", help="A text file with one action per line (instead of --table).",
+        show_default=False,
     ),
 ]
 EncoderOpt = Annotated[
@@ -41,26 +49,30 @@ LlmUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--llm-url",
-        envvar="REVISION_LLM_URL",
         show_default=False,
-        help="OpenAI-compatible base URL (…/v1) to name clusters / draft categories.",
+        help="OpenAI-compatible base URL (…/v1) to name clusters / draft categories "
+        "(default: $REVISION_LLM_BASE_URL; unset: no LLM).",
     ),
 ]
 LlmModelOpt = Annotated[
     str | None,
     typer.Option(
         "--llm-model",
-        envvar="REVISION_LLM_MODEL",
         show_default=False,
-        help="Model name sent to the LLM backend.",
+        help="Model name sent to the LLM backend (default: $REVISION_LLM_MODEL).",
     ),
 ]
 
 
 def _backend(url: str | None, model: str | None):
-    from revision.clustering.llm import ChatBackend
+    """The chat client for naming / drafting, or None when no LLM endpoint is configured."""
+    from revision.chat import ChatClient, ChatConfig
+    from revision.settings import get_settings
 
-    return ChatBackend.from_env(url, model)
+    settings = get_settings()
+    if not (url or settings.llm_base_url):
+        return None
+    return ChatClient(ChatConfig.from_settings(settings, base_url=url, model=model))
 
 
 def _print_summary(result) -> None:
@@ -85,12 +97,11 @@ def _print_summary(result) -> None:
 @app.command("run")
 def run(
     ontology: OntologyOpt = None,
-    input: InputOpt = "mining/signals",
+    table: TableOpt = None,
+    file: FileOpt = None,
     run_id: Annotated[
         str | None,
-        typer.Option(
-            "--run", help="Only this run= partition of a table SOURCE.", show_default=False
-        ),
+        typer.Option("--run", help="Only this run= partition of --table.", show_default=False),
     ] = None,
     incremental: Annotated[
         bool,
@@ -131,21 +142,22 @@ def run(
 
     Examples:
 
-      revision cluster run --input mining/signals --json
+      revision cluster run --table mining/signals --json
 
-      revision cluster run --ontology my_ontology.yaml --input actions.txt --tau1 0.55 --tau2 0.5
+      revision cluster run --ontology my_ontology.yaml --file actions.txt --tau1 0.55 --tau2 0.5
 
-      revision cluster run --input mining/signals --incremental
+      revision cluster run --incremental
     """
     from revision.clustering.llm import LLMNamer
     from revision.clustering.report import write_report
     from revision.clustering.runner import run_clustering
+    from revision.clustering.store import Source
 
     wh = open_warehouse(warehouse)
     backend = _backend(llm_url, llm_model)
     result = run_clustering(
         wh,
-        input,
+        Source.from_options(table, file),
         ontology=ontology,
         run=run_id,
         incremental=incremental,
@@ -171,7 +183,8 @@ def run(
 
 @app.command("propose")
 def propose(
-    input: InputOpt = "mining/signals",
+    table: TableOpt = None,
+    file: FileOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -209,16 +222,16 @@ def propose(
 
     Examples:
 
-      revision cluster propose --input mining/signals --out ontology.draft.yaml
+      revision cluster propose --table mining/signals --out ontology.draft.yaml
 
-      revision cluster propose --input actions.txt --base ontology.yaml --out additions.yaml
+      revision cluster propose --file actions.txt --base ontology.yaml --out additions.yaml
     """
     from revision.clustering.ontology import load_ontology
     from revision.clustering.propose import propose_ontology, write_proposal
-    from revision.clustering.store import new_run_id, read_source
+    from revision.clustering.store import Source, new_run_id, read_source
 
     wh = open_warehouse(warehouse)
-    src = read_source(wh, input)
+    src = read_source(wh, Source.from_options(table, file))
     draft = propose_ontology(
         src.actions,
         base=load_ontology(base) if base else None,
@@ -310,14 +323,17 @@ def demo(
     Example: revision cluster demo
     """
     from revision.clustering.runner import demo_actions, run_clustering, update_tool_list
+    from revision.clustering.store import Source
+    from revision.tables import SIGNALS
 
     wh = open_warehouse(warehouse)
-    if wh.exists("mining/signals"):
-        source = "mining/signals"
+    if wh.exists(SIGNALS):
+        source = Source.table(SIGNALS)
     else:
-        source = str(wh.artifact("clustering", "demo_actions.txt"))
-        Path(source).write_text("\n".join(demo_actions()) + "\n", encoding="utf-8")
-        console.print("no mining/signals table yet: clustering the bundled sample actions")
+        path = wh.artifact("clustering", "demo_actions.txt")
+        path.write_text("\n".join(demo_actions()) + "\n", encoding="utf-8")
+        source = Source.file(path)
+        console.print(f"no {SIGNALS} table yet: clustering the bundled sample actions")
     result = run_clustering(wh, source)
     tool_list = update_tool_list(wh)
     if json:

@@ -170,8 +170,12 @@ def no_click(
 def train_bot_filter(
     labels: Annotated[
         str,
-        typer.Option("--labels", help="Warehouse table with is_bot and user_id (or request_id)."),
-    ] = "sim/truth",
+        typer.Option(
+            "--labels",
+            help="Warehouse table with is_bot and user_id (or request_id), e.g. the "
+            "simulator's sim/truth or a team's own labelled users.",
+        ),
+    ],
     window: WindowOpt = 30.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the CV and model.")] = 0,
     warehouse: WarehouseOpt = None,
@@ -230,11 +234,15 @@ def stats(
 
       revision logs stats --report logs.html
     """
+    from revision.eval.logs_truth import logs_evaluation
     from revision.logs.report import write_report
     from revision.logs.stats import compute_stats
 
     wh = open_warehouse(warehouse)
     figures = compute_stats(wh, window=window)
+    evaluation = logs_evaluation(wh, window=window)
+    if evaluation is not None:
+        figures["evaluation"] = evaluation
     path = None if no_report else write_report(wh, figures, report)
     figures["report"] = str(path) if path else None
     if json:

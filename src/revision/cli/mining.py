@@ -9,6 +9,7 @@ import typer
 
 from revision.cli._common import JsonOpt, WarehouseOpt, console, open_warehouse, print_json
 from revision.errors import InputError
+from revision.tables import NO_CLICK
 
 app = typer.Typer(
     help="Mine no-click requests into optimisation signals (paper §III-B(a)).",
@@ -37,7 +38,7 @@ def _options(pairs: list[str] | None) -> dict[str, str]:
 def run(
     input: Annotated[
         str, typer.Option("--input", help="Warehouse table of requests; kept rows are mined.")
-    ] = "logs/no_click",
+    ] = NO_CLICK,
     backend: Annotated[
         str, typer.Option("--backend", help="embedded (CPU, deterministic) or openai.")
     ] = "embedded",

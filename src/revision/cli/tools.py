@@ -61,7 +61,7 @@ def fail(exc: Exception) -> typer.Exit:
 
 
 def _tool_list(warehouse: str | None):
-    from revision.tools.registry import load_tools
+    from revision.tools._registry import load_tools
 
     return load_tools(open_warehouse(warehouse))
 
@@ -115,7 +115,7 @@ def show(
 
     Example: revision tools show 2 --json
     """
-    from revision.tools.registry import get_component
+    from revision.tools._registry import get_component
 
     try:
         m = re.fullmatch(r"\(?(\d+)\)?", tool.strip())
@@ -345,11 +345,11 @@ def compare(
 
 def _mined_jobs(executor, n: int, exclude: set[str]) -> list:
     """(photo, DAG, request_id) for the first `n` mined requests whose signals map to tools."""
-    from revision.logs.schema import REQUESTS
+    from revision.tables import REQUESTS, SIGNALS
     from revision.tools.dag import PlanError, ToolDag, plan_from_signals
 
     wh = executor.engine.warehouse
-    signals = wh.read_pandas("mining/signals", columns=["request_id", "position", "action", "info"])
+    signals = wh.read_pandas(SIGNALS, columns=["request_id", "position", "action", "info"])
     signals = signals.drop_duplicates(["request_id", "position"]).sort_values(
         ["request_id", "position"]
     )

@@ -4,7 +4,7 @@ tool list (§III-B(b), §IV-A). Start with `HierarchicalClusterer` and `load_ont
 from revision.clustering._base import ClusterNamer, ClusterSummary, KeywordNamer, ctfidf_keywords
 from revision.clustering.dbscan import IncrementalDBSCAN, dbscan, radius_graph
 from revision.clustering.hierarchy import Assignment, AuxCluster, HierarchicalClusterer
-from revision.clustering.llm import ChatBackend, LLMNamer
+from revision.clustering.llm import LLMNamer
 from revision.clustering.ontology import (
     OTHER,
     MainCategory,
@@ -21,9 +21,7 @@ from revision.clustering.scores import KeywordMatcher, combine, synonym_score, t
 from revision.clustering.store import ActionSource, read_source
 from revision.clustering.toollist import (
     ToolSpec,
-    active_tools,
     build_tool_list,
-    format_tool_list,
     load_tool_list,
     save_tool_list,
     tool_key,
@@ -34,7 +32,6 @@ __all__ = [
     "ActionSource",
     "Assignment",
     "AuxCluster",
-    "ChatBackend",
     "ClusterNamer",
     "ClusterSummary",
     "HierarchicalClusterer",
@@ -47,13 +44,11 @@ __all__ = [
     "RunResult",
     "Subcategory",
     "ToolSpec",
-    "active_tools",
     "build_tool_list",
     "combine",
     "ctfidf_keywords",
     "dbscan",
     "default_ontology_path",
-    "format_tool_list",
     "load_ontology",
     "load_tool_list",
     "parse_ontology",

@@ -22,6 +22,7 @@ from revision.clustering.ontology import Ontology, default_ontology_path, load_o
 from revision.clustering.report import write_report
 from revision.clustering.store import (
     ASSIGNMENTS,
+    Source,
     align_meta,
     check_compatible,
     latest_state,
@@ -73,7 +74,7 @@ def _with_batch(meta: pa.Table, batch: int) -> pa.Table:
 
 def run_clustering(
     warehouse: Warehouse,
-    source: str,
+    source: Source,
     *,
     ontology: str | Path | None = None,
     run: str | None = None,
@@ -83,7 +84,7 @@ def run_clustering(
     report: bool | str | Path = True,
     **params: Any,
 ) -> RunResult:
-    """Cluster SOURCE (a text file or a table such as `mining/signals`) and store the run.
+    """Cluster a source (a table such as `mining/signals`, or a text file) and store the run.
 
     `incremental=True` continues the latest run: only new actions (a new file, or table
     partitions that run has not read) are assigned; earlier assignments are kept as stored.
@@ -125,7 +126,7 @@ def run_clustering(
     else:
         check_compatible(state, onto, params)
         model, old_meta = load_run(warehouse, state, model)
-        same_table = source == state["source"]
+        same_table = str(source) == state["source"]
         src = read_source(
             warehouse,
             source,

@@ -1,8 +1,9 @@
 """Reading action sources and keeping clustering runs in the warehouse.
 
-A SOURCE is either a text file (one action per line; blank lines and `# ` comments skipped)
+A `Source` is either a text file (one action per line; blank lines and `# ` comments skipped)
 or a warehouse table with `request_id`, `position` and `action` columns (normally
-`mining/signals`). A table is read whole (every `dt=`/`run=` partition) and ordered by
+`mining/signals`); the two are different options (`--file`, `--table`), never guessed from a
+string. A table is read whole (every `dt=`/`run=` partition) and ordered by
 request_id, then position; an incremental run reads only the partitions that no earlier batch
 of the run consumed.
 
@@ -21,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,13 +30,44 @@ import pyarrow.compute as pc
 from revision.clustering.hierarchy import AuxCluster, HierarchicalClusterer
 from revision.clustering.ontology import Ontology
 from revision.errors import ConfigError, InputError, MissingArtifactError
+from revision.tables import ASSIGNMENTS, AUX_CLUSTERS, SIGNALS
 from revision.warehouse import Warehouse
 
-SIGNALS = "mining/signals"
-ASSIGNMENTS = "clustering/assignments"
-AUX_CLUSTERS = "clustering/aux_clusters"
-_TABLE_NAME = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)+$")
 _COMMENT = re.compile(r"^\s*#(\s|$)")  # "# note" is a comment; "#1 Refine …" is an action
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where actions come from: a warehouse table or a text file (`str`: "table:NAME" or
+    "file:PATH", the form a run's state records)."""
+
+    kind: Literal["table", "file"]
+    ref: str
+
+    @classmethod
+    def table(cls, name: str = SIGNALS) -> Source:
+        return cls("table", str(name))
+
+    @classmethod
+    def file(cls, path: str | Path) -> Source:
+        return cls("file", str(Path(path).resolve()))
+
+    @classmethod
+    def from_options(cls, table: str | None, file: str | Path | None) -> Source:
+        """The CLI's `--table NAME` / `--file PATH` (one of them; `--table` by default)."""
+        if table is not None and file is not None:
+            raise InputError("give either --table NAME or --file PATH, not both")
+        return cls.file(file) if file is not None else cls.table(table or SIGNALS)
+
+    @classmethod
+    def parse(cls, text: str) -> Source:
+        kind, _, ref = text.partition(":")
+        if kind not in ("table", "file") or not ref:
+            raise InputError(f"source {text!r}: expected 'table:NAME' or 'file:PATH'")
+        return cls(kind, ref)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.ref}"
 
 
 @dataclass
@@ -50,27 +82,25 @@ class ActionSource:
 
 def read_source(
     warehouse: Warehouse,
-    source: str,
+    source: Source,
     *,
     run: str | None = None,
     skip_partitions: set[str] | frozenset[str] = frozenset(),
 ) -> ActionSource:
-    """Read SOURCE: a text file, else a warehouse table (`run` restricts to one `run=` value)."""
-    path = Path(source)
-    if path.is_file():
+    """Read a source (`run` restricts a table to one `run=` value)."""
+    if source.kind == "file":
+        path = Path(source.ref)
         if run is not None:
-            raise InputError(f"--run applies to a table SOURCE, not to the file {source}")
+            raise InputError(f"--run applies to a --table source, not to the file {path}")
+        if not path.is_file():
+            raise InputError(f"--file {path}: no such file")
         return _read_text_file(path)
-    if _TABLE_NAME.match(source):
-        if not warehouse.exists(source):
-            raise MissingArtifactError(
-                f"table {source!r} not found in warehouse {warehouse.root}"
-                + (" (run `revision mine run` first)" if source == SIGNALS else "")
-            )
-        return _read_table(warehouse, source, run, skip_partitions)
-    raise InputError(
-        f"SOURCE {source!r} is neither a file nor a warehouse table name (e.g. {SIGNALS})"
-    )
+    if not warehouse.exists(source.ref):
+        raise MissingArtifactError(
+            f"--table {source.ref}: not found in warehouse {warehouse.root}"
+            + (" (run `revision mine run` first)" if source.ref == SIGNALS else "")
+        )
+    return _read_table(warehouse, source.ref, run, skip_partitions)
 
 
 def _read_text_file(path: Path) -> ActionSource:
@@ -88,7 +118,7 @@ def _read_text_file(path: Path) -> ActionSource:
     if not actions:
         raise InputError(f"{path}: no actions (expected one action per line)")
     meta = pa.table({"line": pa.array(lines, pa.int32())})
-    return ActionSource(str(path), actions, meta)
+    return ActionSource(str(Source.file(path)), actions, meta)
 
 
 def _read_table(
@@ -134,7 +164,7 @@ def _read_table(
             )
     meta = table.select(["request_id", "position", "dt", "run"])
     partitions = sorted(set(table["partition"].to_pylist()))
-    return ActionSource(name, [a.strip() for a in actions], meta, partitions)
+    return ActionSource(str(Source.table(name)), [a.strip() for a in actions], meta, partitions)
 
 
 # -- runs -------------------------------------------------------------------------------------

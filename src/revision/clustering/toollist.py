@@ -7,43 +7,22 @@ its index reserved (it comes back under the same index if the group returns). A 
 identity is the optional `key:` of its subcategory in the ontology, else "main/sub" in lower
 case, so renaming a subcategory without a `key:` makes a new tool.
 
-Stored as `artifacts/tools/toollist.json` (the source of truth) and table `clustering/toollist`.
+Stored through `revision.toollist` (the file, with its digest and version, the source of truth)
+and mirrored into table `clustering/toollist`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 import pyarrow as pa
 
+from revision import toollist
 from revision.clustering.ontology import Ontology
-from revision.errors import InputError, MissingArtifactError
+from revision.tables import TOOLLIST
+from revision.toollist import ToolListDoc, ToolSpec
 from revision.warehouse import Warehouse
-
-TABLE = "clustering/toollist"
-ARTIFACT = ("tools", "toollist.json")
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """One tool: `index` (1-based, stable), `title`, `description`, bound `component`."""
-
-    index: int
-    title: str
-    description: str
-    component: str | None = None
-    retired: bool = False
-    key: str = ""
-    main: str = ""
-    support: int = 0  # actions assigned to the group in the run the list was built from
-    keywords: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def tool_key(main: str, sub: str) -> str:
@@ -102,27 +81,11 @@ def build_tool_list(
     return sorted(out, key=lambda t: t.index)
 
 
-def active_tools(tools: Sequence[ToolSpec]) -> list[ToolSpec]:
-    return [t for t in tools if not t.retired]
-
-
-def format_tool_list(tools: Sequence[ToolSpec]) -> str:
-    """The planner's view: one line per active tool, `(index) title: description`."""
-    return "\n".join(f"({t.index}) {t.title}: {t.description}" for t in active_tools(tools))
-
-
-def save_tool_list(warehouse: Warehouse, tools: Sequence[ToolSpec]) -> None:
-    path = warehouse.artifact(*ARTIFACT)
-    doc = {
-        "version": 1,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "tools": [t.to_dict() for t in tools],
-    }
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=2))
-    tmp.replace(path)
+def save_tool_list(warehouse: Warehouse, tools: Sequence[ToolSpec]) -> ToolListDoc:
+    """Write the tool list file (`revision.toollist`) and mirror it into `clustering/toollist`."""
+    doc = toollist.save(warehouse, tools)
     warehouse.write(
-        TABLE,
+        TOOLLIST,
         pa.table(
             {
                 "index": pa.array([t.index for t in tools], pa.int32()),
@@ -136,23 +99,12 @@ def save_tool_list(warehouse: Warehouse, tools: Sequence[ToolSpec]) -> None:
             }
         ),
     )
+    return doc
 
 
 def load_tool_list(
     warehouse: Warehouse | None = None, *, missing_ok: bool = False
 ) -> list[ToolSpec]:
     """The stored tool list (every tool, retired ones included), ordered by index."""
-    warehouse = warehouse if warehouse is not None else Warehouse()
-    path = warehouse.root.joinpath("artifacts", *ARTIFACT)
-    if not path.is_file():
-        if missing_ok:
-            return []
-        raise MissingArtifactError(
-            f"no tool list at {path} (run `revision cluster tools` to build it)"
-        )
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-        tools = [ToolSpec(**t) for t in doc["tools"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a tool list ({exc})") from None
-    return sorted(tools, key=lambda t: t.index)
+    doc = toollist.load(warehouse if warehouse is not None else Warehouse(), missing_ok=missing_ok)
+    return list(doc.tools) if doc else []

@@ -16,11 +16,9 @@ from typing import Any
 import pyarrow.compute as pc
 
 from revision.errors import MissingArtifactError
+from revision.tables import MINING_ERRORS, PRODUCTS, SIGNALS, TRUTH
 from revision.warehouse import Warehouse
 
-TRUTH = "sim/truth"
-SIGNALS = "mining/signals"
-ERRORS = "mining/errors"
 BASELINE_INTENTS = ("exact", "similar")
 GOAL = 0.8
 
@@ -86,8 +84,8 @@ def mining_quality(warehouse: Warehouse, run: str | None = None) -> dict[str, An
     ):
         per_request[rid].append((pos, action, info or ""))
     failed: set[str] = set()
-    if warehouse.exists(ERRORS):
-        errors = warehouse.read(ERRORS, columns=["request_id", "run"])
+    if warehouse.exists(MINING_ERRORS):
+        errors = warehouse.read(MINING_ERRORS, columns=["request_id", "run"])
         if run is not None:
             errors = errors.filter(pc.equal(errors.column("run"), run))
         failed = set(errors.column("request_id").to_pylist()) - set(per_request)
@@ -134,9 +132,9 @@ def mining_quality(warehouse: Warehouse, run: str | None = None) -> dict[str, An
 
 
 def _patterns(warehouse: Warehouse) -> dict[str, str]:
-    if not warehouse.exists("catalog/products"):
+    if not warehouse.exists(PRODUCTS):
         return {}
-    products = warehouse.read("catalog/products", columns=["product_id", "pattern"])
+    products = warehouse.read(PRODUCTS, columns=["product_id", "pattern"])
     return dict(
         zip(
             products.column("product_id").to_pylist(),

@@ -24,7 +24,6 @@ from revision.warehouse import Warehouse
 
 MODEL_FILE = ("models", "bot_filter.joblib")
 METRICS_FILE = ("models", "bot_filter.json")
-TRUTH = "sim/truth"
 
 FEATURES = (
     "n_requests",  # requests in the run
@@ -191,7 +190,7 @@ def load_bot_filter(warehouse: Warehouse, kind: str = "model") -> BotFilter:
 
 
 # -- labels and training ---------------------------------------------------------------------
-def read_truth_labels(warehouse: Warehouse, table: str = TRUTH) -> pd.DataFrame:
+def read_labels(warehouse: Warehouse, table: str) -> pd.DataFrame:
     """Per-user bot labels (`user_id`, `is_bot`) from a labels table: the ONLY read of the
     simulator's ground truth outside evaluation. A user is a bot if any of its rows says so.
 
@@ -211,7 +210,7 @@ def read_truth_labels(warehouse: Warehouse, table: str = TRUTH) -> pd.DataFrame:
     if "user_id" in names:
         frame = warehouse.read_pandas(table, columns=["user_id", "is_bot"])
     else:
-        from revision.logs.schema import REQUESTS
+        from revision.tables import REQUESTS
 
         frame = warehouse.read_pandas(table, columns=["request_id", "is_bot"]).merge(
             warehouse.read_pandas(REQUESTS, columns=["request_id", "user_id"]), on="request_id"
@@ -294,7 +293,7 @@ class TrainReport:
 
 def train_bot_filter(
     warehouse: Warehouse,
-    labels: str = TRUTH,
+    labels: str,
     *,
     window: float = 30.0,
     skew_tolerance: float = 2.0,
@@ -313,7 +312,7 @@ def train_bot_filter(
 
     con, _facts = open_logs(warehouse, window=window, skew_tolerance=skew_tolerance)
     features = user_features(con)
-    truth = read_truth_labels(warehouse, labels)
+    truth = read_labels(warehouse, labels)
     data = features.merge(truth, on="user_id", how="inner")
     unlabelled = len(features) - len(data)
     y = data["is_bot"].to_numpy(bool)
@@ -362,17 +361,17 @@ def train_bot_filter(
     return report
 
 
-def evaluate_bot_scores(warehouse: Warehouse, labels: str = TRUTH) -> dict | None:
+def evaluate_bot_scores(warehouse: Warehouse, labels: str) -> dict | None:
     """Evaluation only: the last no-click run's verdicts (`logs/bot_scores`) against labels,
     per user and per request; None when either table is missing."""
-    from revision.logs.schema import BOT_SCORES
+    from revision.tables import BOT_SCORES
 
     if not (warehouse.exists(BOT_SCORES) and warehouse.exists(labels)):
         return None
     scores = warehouse.read_pandas(BOT_SCORES)
     if scores["method"].eq("none").all():
         return None
-    data = scores.merge(read_truth_labels(warehouse, labels), on="user_id", how="inner")
+    data = scores.merge(read_labels(warehouse, labels), on="user_id", how="inner")
     if data.empty:
         return None
     truth, pred = data["is_bot_y"].to_numpy(bool), data["is_bot_x"].to_numpy(bool)

@@ -25,13 +25,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from revision.errors import InputError
-from revision.logs.schema import (
+from revision.tables import (
     CLICKS,
     IMPRESSIONS,
+    LOG_REJECTS,
     ORDERS,
-    REJECTS,
+    PRODUCTS,
     REQUESTS,
-    SCHEMAS,
+    Table,
 )
 from revision.warehouse import Warehouse
 
@@ -48,7 +49,6 @@ SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq":
 EPOCH_MS_ABOVE = 1e11  # an epoch number at or above this is milliseconds, below it seconds
 TS_MIN = datetime(1990, 1, 1, tzinfo=UTC)  # outside [1990, 2100) a timestamp is a unit mistake
 TS_MAX = datetime(2100, 1, 1, tzinfo=UTC)
-CATALOG = "catalog/products"
 IMPORT_FILE = "part-import.parquet"  # the file of each partition that imports write
 
 
@@ -183,11 +183,11 @@ def _day(value: Any) -> str:
         raise _Bad(f"expected YYYY-MM-DD, got {text!r}") from None
 
 
-def _fields(table: str, assume_utc: bool) -> dict[str, tuple[bool, Callable]]:
+def _fields(table: Table, assume_utc: bool) -> dict[str, tuple[bool, Callable]]:
     """field -> (required, validator) for one table."""
     ts = _timestamp(assume_utc)
     out: dict[str, tuple[bool, Callable]] = {}
-    for f in SCHEMAS[table]:
+    for f in table.schema:
         if f.name == "ts":
             check = ts
         elif f.name == "rank":
@@ -269,7 +269,7 @@ def _first_columns(path: Path) -> set[str]:
     return set()
 
 
-def detect_table(path: Path) -> str:
+def detect_table(path: Path) -> Table:
     """The table a file holds: a table name in its file or folder names, else its columns."""
     words = [path.stem.lower(), *(p.lower() for p in path.parent.parts[-3:])]
     for word in words:
@@ -397,9 +397,9 @@ def import_logs(
     return report
 
 
-def _arrow(tbl: str, rows: _Rows, request_days: dict[str, str], reject) -> pa.Table:
+def _arrow(tbl: Table, rows: _Rows, request_days: dict[str, str], reject) -> pa.Table:
     """Validated rows as an Arrow table in the table's schema, plus dt, _source, _line."""
-    schema = SCHEMAS[tbl]
+    schema = tbl.schema
     n = len(rows.line)
     arrays = {}
     for f in schema:
@@ -436,7 +436,7 @@ def _arrow(tbl: str, rows: _Rows, request_days: dict[str, str], reject) -> pa.Ta
     return table
 
 
-def _dedupe_within(tbl: str, new: pa.Table, reject) -> pa.Table:
+def _dedupe_within(tbl: Table, new: pa.Table, reject) -> pa.Table:
     """Rows repeating a key already seen in this import: keep the first, report the rest."""
     keys = KEYS[tbl]
     seen: dict[tuple, tuple[str, int]] = {}
@@ -460,9 +460,9 @@ def _dedupe_within(tbl: str, new: pa.Table, reject) -> pa.Table:
 
 
 def _catalog_ids(warehouse: Warehouse) -> set[str] | None:
-    if not warehouse.exists(CATALOG):
+    if not warehouse.exists(PRODUCTS):
         return None
-    return set(warehouse.read(CATALOG, columns=["product_id"])["product_id"].to_pylist())
+    return set(warehouse.read(PRODUCTS, columns=["product_id"])["product_id"].to_pylist())
 
 
 def _request_days(warehouse: Warehouse) -> dict[str, str]:
@@ -516,13 +516,13 @@ def _read_folder(folder: Path) -> tuple[pa.Table | None, list[Path]]:
     return pa.concat_tables(tables, promote_options="permissive"), files
 
 
-def _merge_write(warehouse: Warehouse, tbl: str, new: pa.Table, reject):
+def _merge_write(warehouse: Warehouse, tbl: Table, new: pa.Table, reject):
     """Add the rows whose key is not in the warehouse yet, one file rewrite per day.
 
     Returns (rows written, identical rows already present, days written).
     """
     keys = KEYS[tbl]
-    schema = SCHEMAS[tbl]
+    schema = tbl.schema
     existing_keys: dict[tuple, dict] = {}
     if tbl == REQUESTS and warehouse.exists(REQUESTS):  # a request id is unique across days
         have = warehouse.dataset(REQUESTS).schema.names
@@ -590,7 +590,7 @@ def _write_rejects(warehouse: Warehouse, source: str, items: list[dict]) -> None
     """One file per source file, so re-importing a file replaces its rejects."""
     digest = hashlib.sha1(str(Path(source).absolute()).encode()).hexdigest()[:16]
     if not items:
-        (warehouse.table_dir(REJECTS) / f"part-{digest}.parquet").unlink(missing_ok=True)
+        (warehouse.table_dir(LOG_REJECTS) / f"part-{digest}.parquet").unlink(missing_ok=True)
         return
-    table = pa.Table.from_pylist(items, schema=SCHEMAS[REJECTS])
-    warehouse.write(REJECTS, table, file=f"part-{digest}.parquet")
+    table = pa.Table.from_pylist(items, schema=LOG_REJECTS.schema)
+    warehouse.write(LOG_REJECTS, table, file=f"part-{digest}.parquet")

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from revision.errors import InputError, MissingArtifactError
 from revision.logs.bots import BotFilter, check_bot_filter, load_bot_filter, user_features
 from revision.logs.quality_filter import assess_images
-from revision.logs.schema import BOT_SCORES, CLICKS, NO_CLICK, REQUESTS, SCHEMAS
+from revision.tables import BOT_SCORES, CLICKS, NO_CLICK, REQUESTS
 from revision.vision.quality import QualityThresholds
 from revision.warehouse import Warehouse
 
@@ -35,7 +35,7 @@ DEFAULT_SKEW_TOLERANCE = 2.0
 DROP_REASONS = ("bot", "unreadable_image", "low_quality")  # in precedence order
 
 
-def _scan(warehouse: Warehouse, name: str) -> str:
+def scan(warehouse: Warehouse, name: str) -> str:
     """SQL for DuckDB's native Parquet reader over a table; partition values stay strings."""
     files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in warehouse.files(name))
     return (
@@ -71,7 +71,7 @@ def open_logs(
     con.execute("SET TimeZone = 'UTC'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    scan = _scan(warehouse, REQUESTS)
+    requests = scan(warehouse, REQUESTS)
     image_hash = (
         "image_hash"
         if "image_hash" in _columns(con, warehouse, REQUESTS)
@@ -85,16 +85,15 @@ def open_logs(
         for x in con.sql(f"""
         SELECT count(*), count(*) FILTER (NOT ({valid})),
                count(DISTINCT hash(request_id)) FILTER ({valid})
-        FROM {scan}""").fetchall()[0]
+        FROM {requests}""").fetchall()[0]
     )
     base = (
         f"SELECT request_id, user_id, CAST(ts AS TIMESTAMPTZ) AS ts, image, {image_hash} "
-        f"FROM {scan} WHERE {valid}"
+        f"FROM {requests} WHERE {valid}"
     )
     if rows - invalid > distinct:  # duplicate ids: the earliest row wins (a rare, slower path)
-        distinct = int(
-            con.sql(f"SELECT count(DISTINCT request_id) FROM {scan} WHERE {valid}").fetchall()[0][0]
-        )
+        sql = f"SELECT count(DISTINCT request_id) FROM {requests} WHERE {valid}"
+        distinct = int(con.sql(sql).fetchall()[0][0])
         base += (
             " QUALIFY row_number() OVER (PARTITION BY request_id "
             "ORDER BY ts, user_id, image NULLS LAST) = 1"
@@ -110,7 +109,7 @@ def open_logs(
             WITH c AS (
                 SELECT c.request_id, r.ts IS NULL AS orphan,
                        epoch_ms(CAST(c.ts AS TIMESTAMPTZ)) - epoch_ms(r.ts) AS d
-                FROM {_scan(warehouse, CLICKS)} c LEFT JOIN rq r USING (request_id)
+                FROM {scan(warehouse, CLICKS)} c LEFT JOIN rq r USING (request_id)
             )
             SELECT request_id, bool_or(orphan) AS orphan, count(*) AS n_all,
                    count(*) FILTER (d >= {lo_ms} AND d <= {hi_ms}) AS n_clicks,
@@ -156,7 +155,7 @@ def open_logs(
 
 
 def _columns(con, warehouse: Warehouse, name: str) -> list[str]:
-    return [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {_scan(warehouse, name)}").fetchall()]
+    return [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {scan(warehouse, name)}").fetchall()]
 
 
 @dataclass
@@ -257,7 +256,7 @@ def extract_no_click(
             "is_bot": pa.array(bots, pa.bool_()),
             "method": pa.array([flt.name] * len(features), pa.string()),
         },
-        schema=SCHEMAS[BOT_SCORES],
+        schema=BOT_SCORES.schema,
     )
     con.register("bot_verdicts", verdicts)
 
@@ -342,7 +341,7 @@ def extract_no_click(
 def _write(warehouse: Warehouse, out: pa.Table, days: list[str]) -> None:
     """One file per day with requests (possibly empty: every request clicked); stale days of an
     earlier run are removed after the new ones are in place."""
-    schema = SCHEMAS[NO_CLICK]
+    schema = NO_CLICK.schema
     dts = np.array(out["dt"].to_pylist(), dtype=str)
     body = out.drop_columns(["dt"]).cast(schema)
     # Rows are sorted by dt: slice instead of filtering once per day.

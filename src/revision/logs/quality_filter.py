@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from revision.errors import InputError
-from revision.logs.schema import IMAGE_QUALITY, SCHEMAS
 from revision.progress import progress
+from revision.tables import IMAGE_QUALITY
 from revision.vision.quality import QualityReport, QualityThresholds, measure, reasons
 from revision.warehouse import Warehouse
 
@@ -113,7 +113,7 @@ def assess_images(
         fresh.append(row)
         cache[key] = row
     if fresh:
-        table = pa.Table.from_pylist(list(cache.values()), schema=SCHEMAS[IMAGE_QUALITY])
+        table = pa.Table.from_pylist(list(cache.values()), schema=IMAGE_QUALITY.schema)
         warehouse.write(IMAGE_QUALITY, table.sort_by("image_key"))
     verdicts = {}
     for key in images:

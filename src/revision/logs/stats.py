@@ -1,5 +1,5 @@
-"""Log statistics: volumes, CTR, no-click ratio, bot share; evaluation figures when the
-simulator's truth is present.
+"""Log statistics: volumes, CTR, no-click ratio, bot share (evaluation figures against the
+simulator's truth live in `revision.eval.logs_truth`; this stage never reads it).
 
 Trade-off: the figures are recomputed from the raw log tables with the same rules as the
 extraction (`open_logs`), not read from `logs/no_click`, so they are right even before the
@@ -12,23 +12,17 @@ by users the last extraction flagged as bots; `cvr` = orders / clicks.
 
 from __future__ import annotations
 
-import numpy as np
-
-from revision.logs.bots import TRUTH, evaluate_bot_scores, precision_recall
 from revision.logs.no_click import (
     DEFAULT_SKEW_TOLERANCE,
     DEFAULT_WINDOW,
-    _scan,
     bad_input_counts,
     open_logs,
+    scan,
 )
-from revision.logs.schema import BOT_SCORES, CLICKS, IMPRESSIONS, NO_CLICK, ORDERS
+from revision.tables import BOT_SCORES, CLICKS, IMPRESSIONS, NO_CLICK, ORDERS
 from revision.warehouse import Warehouse
 
 MAX_RANK = 20  # CTR by rank is reported for ranks 1..MAX_RANK
-# Simulator photo kinds the quality filter should catch ("off_topic" is a usable photo of the
-# wrong thing: no pixel statistic can tell).
-LOW_QUALITY_KINDS = ("dark", "blurred", "tiny")
 
 
 def _ratio(num, den) -> float | None:
@@ -40,7 +34,6 @@ def compute_stats(
     *,
     window: float = DEFAULT_WINDOW,
     skew_tolerance: float = DEFAULT_SKEW_TOLERANCE,
-    evaluation: bool = True,
 ) -> dict:
     """The figures of `revision logs stats --json` (see the module docstring)."""
     con, facts = open_logs(warehouse, window=window, skew_tolerance=skew_tolerance)
@@ -65,11 +58,11 @@ def compute_stats(
     }
     if warehouse.exists(IMPRESSIONS):
         con.execute(f"""CREATE TEMP VIEW imp AS SELECT i.request_id, i.product_id, i.rank
-                        FROM {_scan(warehouse, IMPRESSIONS)} i SEMI JOIN reqc USING (request_id)""")
+                        FROM {scan(warehouse, IMPRESSIONS)} i SEMI JOIN reqc USING (request_id)""")
         out["impressions"] = int(con.sql("SELECT count(*) FROM imp").fetchall()[0][0])
         out["ctr"] = _ratio(out["clicks"], out["impressions"])
     if warehouse.exists(ORDERS):
-        n, gmv = con.sql(f"""SELECT count(*), sum(price) FROM {_scan(warehouse, ORDERS)} o
+        n, gmv = con.sql(f"""SELECT count(*), sum(price) FROM {scan(warehouse, ORDERS)} o
                              SEMI JOIN reqc USING (request_id)""").fetchall()[0]
         out["orders"], out["gmv"] = int(n), round(float(gmv or 0.0), 2)
         out["cvr"] = _ratio(n, out["clicks"])
@@ -83,7 +76,7 @@ def compute_stats(
     out["ctr_by_rank"] = []
     if warehouse.exists(IMPRESSIONS) and warehouse.exists(CLICKS):
         rows = con.sql(f"""
-            WITH c AS (SELECT DISTINCT request_id, product_id FROM {_scan(warehouse, CLICKS)})
+            WITH c AS (SELECT DISTINCT request_id, product_id FROM {scan(warehouse, CLICKS)})
             SELECT imp.rank, count(*) AS n, count(c.request_id) AS clicked
             FROM imp LEFT JOIN c USING (request_id, product_id)
             WHERE imp.rank <= {MAX_RANK} GROUP BY imp.rank ORDER BY imp.rank
@@ -113,54 +106,5 @@ def compute_stats(
                                        ORDER BY 2 DESC""").fetchall()
             ),
         }
-    if evaluation and warehouse.exists(TRUTH):
-        out["evaluation"] = _evaluation(con, warehouse)
     con.close()
-    return out
-
-
-def _evaluation(con, warehouse: Warehouse) -> dict:
-    """EVALUATION ONLY: figures that need the simulator's hidden truth (never fed back)."""
-    cols = {r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {_scan(warehouse, TRUTH)}").fetchall()}
-    out: dict = {"note": "evaluation only: uses the simulator's hidden truth (sim/truth)"}
-    for column, key in (("intent", "no_click_by_intent"), ("photo_kind", "no_click_by_photo")):
-        if column not in cols or "request_id" not in cols:
-            continue
-        rows = con.sql(f"""
-            SELECT t.{column}, count(*), count(*) FILTER (NOT r.clicked)
-            FROM reqc r JOIN {_scan(warehouse, TRUTH)} t USING (request_id)
-            GROUP BY 1 ORDER BY 1 NULLS LAST
-        """).fetchall()
-        out[key] = [
-            {column: v, "requests": int(n), "no_click_ratio": _ratio(nc, n)} for v, n, nc in rows
-        ]
-    bots = evaluate_bot_scores(warehouse)
-    if bots:
-        out["bot_filter"] = bots
-    if {"photo_kind", "request_id"} <= cols and warehouse.exists(NO_CLICK):
-        # The quality filter against the photos the simulator degraded on purpose, over the
-        # no-click requests of humans it judged (bots are dropped first, whatever the photo).
-        con.register("ncq", warehouse.read(NO_CLICK, columns=["request_id", "drop_reason"]))
-        rows = con.sql(f"""
-            SELECT t.photo_kind, n.drop_reason = 'low_quality' AS flagged
-            FROM ncq n JOIN {_scan(warehouse, TRUTH)} t USING (request_id)
-            WHERE n.drop_reason IS DISTINCT FROM 'bot'
-              AND n.drop_reason IS DISTINCT FROM 'unreadable_image'
-        """).fetchall()
-        if rows:
-            truth = np.array([r[0] in LOW_QUALITY_KINDS for r in rows])
-            pred = np.array([bool(r[1]) for r in rows])
-            by_kind: dict[str, list[int]] = {}
-            for kind, flagged in rows:
-                counts = by_kind.setdefault(str(kind), [0, 0])
-                counts[0] += 1
-                counts[1] += bool(flagged)
-            out["quality_filter"] = {
-                "degraded_kinds": list(LOW_QUALITY_KINDS),
-                "requests": len(rows),
-                **precision_recall(truth, pred),
-                "flagged_by_kind": {
-                    k: {"requests": n, "flagged": f} for k, (n, f) in sorted(by_kind.items())
-                },
-            }
     return out

@@ -13,25 +13,21 @@ from revision.mining._base import (
     MiningInput,
     Product,
     Signal,
-    available_analysts,
+    analysts,
     get_analyst,
-    register_analyst,
 )
-from revision.mining.runner import ERRORS, SIGNALS, RunSummary, read_analyses, run_mining
+from revision.mining.runner import RunSummary, read_analyses, run_mining
 
 __all__ = [
     "CANONICAL_ACTIONS",
-    "ERRORS",
-    "SIGNALS",
     "Analysis",
     "Analyst",
     "MiningInput",
     "Product",
     "RunSummary",
     "Signal",
-    "available_analysts",
+    "analysts",
     "get_analyst",
     "read_analyses",
-    "register_analyst",
     "run_mining",
 ]

@@ -3,14 +3,15 @@
 An analyst turns a batch of no-click requests (query photo + up to K result products) into one
 `Analysis` per request: a short thinking text and ordered `Action -> Info` signals. A request
 it cannot analyse comes back as a failed `Analysis` (stage + reason) instead of an exception,
-so one bad photo or one garbage model reply never stops a batch. Built-in analysts register
-through `register_analyst`, the same way a third-party package does (entry-point group
-`revision.analysts`, each entry a factory `f(warehouse, **options) -> Analyst`).
+so one bad photo or one garbage model reply never stops a batch. Analysts are plug-ins: an
+entry point in the group `revision.analysts` names a factory `f(warehouse, **options) ->
+Analyst`; the built-ins are declared the same way in this project's pyproject.toml.
 """
 
 from __future__ import annotations
 
-import functools
+import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
@@ -161,34 +162,72 @@ def _coerce(backend: str, key: str, value: Any, kind: type) -> Any:
         ) from None
 
 
-AnalystFactory = Callable[..., Analyst]
-_ANALYSTS: dict[str, AnalystFactory] = {}
+AnalystFactory = Callable[..., Analyst]  # f(warehouse, **options) -> Analyst
+ENTRY_POINT_GROUP = "revision.analysts"
+# The built-ins' entry points (declared in pyproject.toml), used as they are when an install
+# predates their declaration: one mechanism for built-ins and third parties alike.
+BUILTIN_ENTRY_POINTS = {
+    "embedded": "revision.mining.embedded:EmbeddedAnalyst",
+    "openai": "revision.mining.openai_backend:OpenAIAnalyst",
+}
 
 
-def register_analyst(name: str, factory: AnalystFactory) -> None:
-    """Make `factory(warehouse, **options)` available as backend `name`."""
-    _ANALYSTS[name] = factory
+class AnalystRegistry:
+    """Analyst factories by backend name, filled from the `revision.analysts` entry points."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, AnalystFactory] = {}
+        self._loaded = False
+        self._lock = threading.RLock()
+        self.plugin_errors: dict[str, str] = {}  # entry point -> why it failed to load
+
+    def register(self, name: str, factory: AnalystFactory) -> AnalystFactory:
+        """Make `factory(warehouse, **options)` available as backend `name`."""
+        with self._lock:
+            self._factories[name] = factory
+        return factory
+
+    def load_plugins(self) -> None:
+        from importlib.metadata import EntryPoint, entry_points
+
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+            for name, value in BUILTIN_ENTRY_POINTS.items():
+                eps.setdefault(name, EntryPoint(name, value, ENTRY_POINT_GROUP))
+            for name, ep in eps.items():
+                try:
+                    self._factories.setdefault(name, ep.load())
+                except Exception as exc:  # a broken plug-in must not take mining down
+                    if ep.value in BUILTIN_ENTRY_POINTS.values():
+                        raise
+                    self.plugin_errors[ep.value] = f"{type(exc).__name__}: {exc}"
+                    warnings.warn(
+                        f"analyst plug-in {name} ({ep.value}) failed: {exc}", stacklevel=2
+                    )
+
+    def names(self) -> list[str]:
+        self.load_plugins()
+        return sorted(self._factories)
+
+    def get(self, name: str, warehouse, **options) -> Analyst:
+        """Build the analyst registered as `name`; unknown names list the valid ones."""
+        self.load_plugins()
+        if name not in self._factories:
+            raise InputError(f"unknown mining backend {name!r}; valid: {', '.join(self.names())}")
+        return self._factories[name](warehouse, **options)
 
 
-@functools.cache
-def _load_plugins() -> None:
-    from importlib.metadata import entry_points
-
-    import revision.mining.embedded
-    import revision.mining.openai_backend  # noqa: F401  (built-ins register on import)
-
-    for entry in entry_points(group="revision.analysts"):
-        register_analyst(entry.name, entry.load())
+_REGISTRY = AnalystRegistry()
 
 
-def available_analysts() -> list[str]:
-    _load_plugins()
-    return sorted(_ANALYSTS)
+def analysts() -> AnalystRegistry:
+    """The process-wide analyst registry, plug-ins loaded."""
+    _REGISTRY.load_plugins()
+    return _REGISTRY
 
 
 def get_analyst(name: str, warehouse, **options) -> Analyst:
-    """Build the analyst registered as `name`; unknown names list the valid ones."""
-    _load_plugins()
-    if name not in _ANALYSTS:
-        raise InputError(f"unknown mining backend {name!r}; valid: {', '.join(sorted(_ANALYSTS))}")
-    return _ANALYSTS[name](warehouse, **options)
+    return analysts().get(name, warehouse, **options)

@@ -18,7 +18,6 @@ from revision.mining._base import (
     Analyst,
     MiningInput,
     config_from_options,
-    register_analyst,
 )
 from revision.mining.perception import Perception, metadata_top
 from revision.mining.rules import Rule, load_rules
@@ -68,8 +67,6 @@ class EmbeddedAnalyst(Analyst):
             facts={**facts, "metadata": metadata, "rules": [rule.name for rule, _ in fired]},
         )
 
-
-register_analyst("embedded", EmbeddedAnalyst)
 
 
 def _share(facts: dict[str, Any], attr: str) -> str:

@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 
 from revision.catalog.schema import load_products
 from revision.errors import InputError
-from revision.logs.schema import IMPRESSIONS, REQUESTS
 from revision.mining._base import Analysis, K, MiningInput, Product
+from revision.tables import IMPRESSIONS, REQUESTS
 from revision.warehouse import Warehouse
 
 _PRODUCT_FIELDS = (

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from revision.errors import MissingExtraError
+from revision.settings import child_env
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -69,7 +70,7 @@ def llama_server(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model), *flags.split()],
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            env=child_env(OMP_NUM_THREADS=str(threads)),
         )
         try:
             deadline = time.monotonic() + start_timeout_s

@@ -6,9 +6,9 @@ sends the stage-1 analysis, the product metadata top 10, the expert rules and th
 Both replies are constrained by a JSON schema (OpenAI's `json_schema` response format, or
 llama-cpp-python's `json_object` + `schema`, picked automatically) and validated again here.
 
-Trade-off: one generic HTTP client (httpx) with our own retries, back-off, concurrency limit
-and on-disk response cache, instead of each vendor's SDK: the same code reaches every server,
-and a rerun of a batch costs no tokens. Untrusted text (titles, descriptions, OCR) only ever
+Trade-off: the project's one generic chat client (`revision.chat`: httpx, retries, back-off,
+concurrency limit, on-disk reply cache) instead of each vendor's SDK: the same code reaches every
+server, and a rerun of a batch costs no tokens. Untrusted text (titles, descriptions, OCR) only ever
 appears inside a delimited JSON data block whose `<`/`>` are escaped, under a system prompt that
 says it is data; the output schema stays the same whatever the data says.
 """
@@ -17,14 +17,8 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import io
-import json
-import os
-import random
 import re
-import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,9 +26,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from revision.errors import ConfigError, MissingArtifactError, MissingExtraError
+from revision.chat import SCHEMA_STYLES, ChatClient, ChatConfig, ChatError, data_block
+from revision.errors import ConfigError, MissingArtifactError
 from revision.mining._base import (
     CANONICAL_ACTIONS,
     MAX_SIGNALS,
@@ -44,25 +39,23 @@ from revision.mining._base import (
     Signal,
     config_from_options,
     describe_error,
-    register_analyst,
 )
 from revision.mining.perception import ATTRS, Perception, metadata_top
 from revision.mining.rules import load_rules
+from revision.settings import Settings, get_settings
 from revision.warehouse import Warehouse
 
 LANGUAGES = ("en", "zh")
-SCHEMA_STYLES = ("auto", "json_schema", "json_object")
 ACTION_MODES = ("canonical", "free")
 _SECTION = re.compile(r"^\[(system|user)\]\s*$", re.MULTILINE)
-_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 
 
 @dataclass
 class OpenAIConfig:
     """Options of the `openai` backend (`revision mine run --backend openai --option k=v`)."""
 
-    base_url: str = ""  # default: $REVISION_LLM_BASE_URL, else http://127.0.0.1:8000/v1
-    api_key: str = ""  # default: $REVISION_LLM_API_KEY, else $OPENAI_API_KEY
+    base_url: str = ""  # default: the settings' llm_base_url ($REVISION_LLM_BASE_URL)
+    api_key: str = ""  # default: the settings' llm_api_key ($REVISION_LLM_API_KEY)
     vision_model: str = "default"  # stage 1, e.g. Qwen2.5-VL-72B-Instruct
     reasoning_model: str = "default"  # stage 2, e.g. Qwen3-30B-A3B
     language: str = "en"  # prompt language: en or zh
@@ -87,14 +80,6 @@ class OpenAIConfig:
     rules: str = ""  # an expert rules file (default: the shipped rules)
 
     def __post_init__(self) -> None:
-        self.base_url = (
-            self.base_url or os.environ.get("REVISION_LLM_BASE_URL") or "http://127.0.0.1:8000/v1"
-        ).rstrip("/")
-        self.api_key = (
-            self.api_key
-            or os.environ.get("REVISION_LLM_API_KEY")
-            or os.environ.get("OPENAI_API_KEY", "")
-        )
         for name, value, valid in (
             ("language", self.language, LANGUAGES),
             ("schema_style", self.schema_style, SCHEMA_STYLES),
@@ -114,10 +99,6 @@ class OpenAIConfig:
                 "openai backend: max_product_images must be within 0-12 and max_results within "
                 "1-12 (K = 12)"
             )
-
-
-class ReplyError(Exception):
-    """A model reply that stayed unusable after every retry."""
 
 
 # -- output schemas ----------------------------------------------------------------------------
@@ -245,12 +226,6 @@ class Prompt:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": content}]
 
 
-def data_block(data: dict[str, Any]) -> str:
-    """JSON with `<`, `>` and `&` escaped, so no text inside can close the <data> block."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
 def load_prompt(stage: int, language: str, folder: str | Path | None = None) -> Prompt:
     name = f"stage{stage}.{language}.txt"
     if folder:
@@ -289,11 +264,7 @@ def image_data_url(path: str, side: int) -> str:
 class OpenAIAnalyst(Analyst):
     name = "openai"
 
-    def __init__(self, warehouse: Warehouse, **options: Any):
-        try:
-            import httpx
-        except ImportError:
-            raise MissingExtraError("httpx", "llm") from None
+    def __init__(self, warehouse: Warehouse, *, settings: Settings | None = None, **options: Any):
         self.config = config_from_options(OpenAIConfig, options, "openai")
         c = self.config
         self.warehouse = warehouse
@@ -310,21 +281,23 @@ class OpenAIAnalyst(Analyst):
                 self.perception = Perception(warehouse, ocr=c.ocr)
             except MissingArtifactError:
                 self.perception = None  # no attribute heads trained: the VLM sees on its own
-        headers = {"Authorization": f"Bearer {c.api_key}"} if c.api_key else {}
-        self.client = httpx.Client(
+        chat = ChatConfig.from_settings(
+            settings or get_settings(),
             base_url=c.base_url,
-            timeout=c.timeout_s,
-            headers=headers,
-            limits=httpx.Limits(max_connections=c.concurrency),
+            api_key=c.api_key,
+            timeout_s=c.timeout_s,
+            max_retries=c.max_retries,
+            backoff_s=c.backoff_s,
+            concurrency=c.concurrency,
+            temperature=c.temperature,
+            seed=c.seed,
+            schema_style=c.schema_style,
+            cache=c.cache,
         )
-        self.cache_dir = warehouse.artifact_dir("cache", "llm") if c.cache else None
-        self._style = "json_schema" if c.schema_style == "auto" else c.schema_style
-        self._lock = threading.Lock()
-        self._usage: Counter[str] = Counter()
+        self.client = ChatClient(chat, warehouse.artifact_dir("cache", "llm"))
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return dict(self._usage)
+        return dict(self.client.usage)
 
     def close(self) -> None:
         self.client.close()
@@ -352,7 +325,7 @@ class OpenAIAnalyst(Analyst):
             if stage == "stage1":
                 return self.stage1(item, facts, usage)
             return self.stage2(item, facts, stage1, usage)
-        except ReplyError as exc:
+        except ChatError as exc:
             return Analysis.failed(item.request_id, stage, str(exc))
         except Exception as exc:  # an unreadable photo, a broken connection, …
             return Analysis.failed(item.request_id, stage, describe_error(exc))
@@ -396,15 +369,14 @@ class OpenAIAnalyst(Analyst):
                 if r.image_path
             ]
         messages = self.prompts[1].messages(self.stage1_data(item, facts), images)
-        reply = self.complete(
-            c.vision_model,
+        reply, raw = self.client.structured(
             messages,
-            self.schemas[1],
-            c.max_tokens_stage1,
             Stage1Reply,
-            "stage1",
-            usage,
+            model=c.vision_model,
+            max_tokens=c.max_tokens_stage1,
+            schema=self.schemas[1],
         )
+        usage.update(raw.usage)
         return reply
 
     def stage2_data(
@@ -428,15 +400,14 @@ class OpenAIAnalyst(Analyst):
     ) -> Analysis:
         c = self.config
         messages = self.prompts[2].messages(self.stage2_data(item, facts, stage1))
-        reply = self.complete(
-            c.reasoning_model,
+        reply, raw = self.client.structured(
             messages,
-            self.schemas[2],
-            c.max_tokens_stage2,
             Stage2Reply,
-            "stage2",
-            usage,
+            model=c.reasoning_model,
+            max_tokens=c.max_tokens_stage2,
+            schema=self.schemas[2],
         )
+        usage.update(raw.usage)
         signals, seen = [], set()
         for s in reply.signals:
             key = (s.action.strip(), s.info.strip())
@@ -450,125 +421,3 @@ class OpenAIAnalyst(Analyst):
             facts={"stage1": stage1.model_dump()},
             usage=dict(usage),
         )
-
-    # -- HTTP ----------------------------------------------------------------------------------
-    def _payload(self, model, messages, schema, max_tokens, attempt: int) -> dict[str, Any]:
-        c = self.config
-        if self._style == "json_schema":
-            response_format = {
-                "type": "json_schema",
-                "json_schema": {"name": "analysis", "strict": True, "schema": schema},
-            }
-        else:  # llama-cpp-python's dialect
-            response_format = {"type": "json_object", "schema": schema}
-        return {
-            "model": model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            # A retry after a garbage reply must not replay it: a little randomness, new seed.
-            "temperature": c.temperature + (0.3 * attempt if attempt else 0.0),
-            "seed": c.seed + attempt,
-            "response_format": response_format,
-        }
-
-    def complete(self, model, messages, schema, max_tokens, parse, stage, usage):
-        """One validated structured reply, from the cache or the server, with retries."""
-        import httpx
-
-        c = self.config
-        # The cache key is the hash of the first attempt's request (model, messages, schema,
-        # sampling): whichever attempt produced the valid reply, a rerun finds it.
-        first = self._payload(model, messages, schema, max_tokens, 0)
-        key = hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()
-        cached = self._cache_get(key)
-        if cached is not None:
-            try:
-                out = parse.model_validate_json(cached)
-                self._count(usage, {"cache_hits": 1})
-                return out
-            except ValidationError:
-                pass
-        problem = "no attempt"
-        attempt = 0
-        while attempt <= c.max_retries:
-            payload = self._payload(model, messages, schema, max_tokens, attempt)
-            try:
-                response = self.client.post("/chat/completions", json=payload)
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                attempt += 1
-                self._backoff(attempt)
-                continue
-            if response.status_code >= 400 and self._switch_style(response):
-                continue  # the same attempt again, in the server's dialect
-            if response.status_code >= 400:
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
-                if response.status_code not in (408, 409, 429) and response.status_code < 500:
-                    raise ReplyError(f"{stage}: {problem}")
-                attempt += 1
-                self._backoff(attempt)
-                continue
-            body = response.json()
-            tokens = body.get("usage") or {}
-            self._count(
-                usage,
-                {
-                    "calls": 1,
-                    f"{stage}_calls": 1,
-                    "prompt_tokens": int(tokens.get("prompt_tokens") or 0),
-                    "completion_tokens": int(tokens.get("completion_tokens") or 0),
-                },
-            )
-            content = ((body.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-            content = _FENCE.sub("", content.strip())
-            try:
-                out = parse.model_validate_json(content)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "reply"
-                problem = f"unusable reply ({where}: {first['msg']}): {content[:120]!r}"
-                attempt += 1
-                self._count(usage, {"retries": 1})
-                continue
-            self._cache_put(key, content)
-            return out
-        raise ReplyError(f"{stage}: {problem} after {c.max_retries + 1} attempt(s)")
-
-    def _switch_style(self, response) -> bool:
-        """`auto`: a server that rejects `json_schema` gets llama-cpp-python's dialect."""
-        if self.config.schema_style != "auto" or self._style != "json_schema":
-            return False
-        if "response_format" not in response.text and "json_schema" not in response.text:
-            return False
-        with self._lock:
-            self._style = "json_object"
-        return True
-
-    def _backoff(self, attempt: int) -> None:
-        if attempt <= self.config.max_retries:
-            delay = self.config.backoff_s * 2 ** (attempt - 1)
-            time.sleep(delay * (0.5 + random.random()))
-
-    def _count(self, usage: Counter, values: dict[str, int]) -> None:
-        usage.update(values)
-        with self._lock:
-            self._usage.update(values)
-
-    def _cache_path(self, key: str) -> Path | None:
-        return self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
-
-    def _cache_get(self, key: str) -> str | None:
-        path = self._cache_path(key)
-        return path.read_text(encoding="utf-8") if path and path.exists() else None
-
-    def _cache_put(self, key: str, content: str) -> None:
-        path = self._cache_path(key)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-        tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, path)
-
-
-register_analyst("openai", OpenAIAnalyst)

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from revision.catalog.schema import load_products
-from revision.logs.schema import IMAGE_QUALITY
 from revision.mining._base import MiningInput, describe_error
+from revision.tables import IMAGE_QUALITY, OCR
 from revision.vision.attributes import UNKNOWN, AttributeHeads
 from revision.vision.embeddings import EmbeddingCache
 from revision.vision.encoder import get_image_encoder
@@ -33,7 +33,6 @@ from revision.vision.quality import QualityReport, QualityThresholds, measure, r
 from revision.vision.training import heads_path
 from revision.warehouse import Warehouse
 
-OCR_TABLE = "mining/ocr"
 ATTRS = ("colour", "category", "pattern", "index_group")
 CONFIDENT = 0.45  # a head's probability above which the query attribute counts as seen
 PLAIN_PATTERNS = frozenset({"Solid", "Melange", "Unknown", UNKNOWN})  # no print or structure
@@ -232,8 +231,8 @@ class OcrCache:
         self.side = side
         self.text: dict[str, str] = {}
         self._lock = threading.Lock()
-        if warehouse.exists(OCR_TABLE):
-            table = warehouse.read(OCR_TABLE, columns=["image_hash", "text"])
+        if warehouse.exists(OCR):
+            table = warehouse.read(OCR, columns=["image_hash", "text"])
             self.text = dict(
                 zip(
                     table.column("image_hash").to_pylist(),
@@ -256,7 +255,7 @@ class OcrCache:
         if new:
             with self._lock:
                 self.warehouse.write(
-                    OCR_TABLE,
+                    OCR,
                     pa.table({"image_hash": list(new), "text": list(new.values())}),
                     file=f"part-{uuid.uuid4().hex}.parquet",
                 )

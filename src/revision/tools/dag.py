@@ -28,14 +28,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from revision.errors import InputError
 from revision.tools._base import EXCLUSIVE_STAGES, STAGE_ORDER, Component, ToolStage
+from revision.tools._registry import Registry, ToolList, UnknownToolError, registry
+from revision.tools.grammar import PlanError, format_indices, parse_indices
 from revision.tools.info import parse_info
-from revision.tools.registry import Registry, ToolList, UnknownToolError, registry
-
-_TOKEN = re.compile(r"\(\s*([^()]*?)\s*\)")
-
-
-class PlanError(InputError):
-    """A plan that cannot run: unknown tool, cycle, missing input, bad file."""
 
 
 @dataclass(frozen=True)
@@ -66,34 +61,7 @@ class Plan:
         return [s.index for s in self.steps]
 
     def __str__(self) -> str:
-        return " ".join(f"({i})" for i in self.indices)
-
-
-def parse_plan_indices(text: str) -> list[int]:
-    """Tool indices of a plan string; a leading `<think>…</think>` is ignored.
-
-    >>> parse_plan_indices("<think>dark photo; ask</think> (1) (3) (5)")
-    [1, 3, 5]
-    """
-    body = re.sub(r"<think>.*?</think>", " ", text or "", flags=re.S)
-    tokens = _TOKEN.findall(body)
-    if not tokens and re.fullmatch(r"\s*\d+(\s*[,\s]\s*\d+)*\s*", body):
-        tokens = re.findall(r"\d+", body)
-    elif re.search(r"[^\W_]", _TOKEN.sub(" ", body).replace("->", " ").replace("→", " ")):
-        extra = " ".join(_TOKEN.sub(" ", body).split())
-        raise PlanError(
-            f"plan {text!r}: unexpected text {extra!r}; write a plan as tool indices: (1) (3) (5)"
-        )
-    if not tokens:
-        raise PlanError(f"plan {text!r} names no tools; write it as tool indices: (1) (3) (5)")
-    out: list[int] = []
-    for t in tokens:
-        if not t.isdigit():
-            raise PlanError(f"plan {text!r}: ({t}) is not a tool index (a positive number)")
-        if int(t) in out:
-            raise PlanError(f"plan {text!r}: tool ({t}) appears twice")
-        out.append(int(t))
-    return out
+        return format_indices(self.indices)
 
 
 def resolve_plan(
@@ -109,7 +77,7 @@ def resolve_plan(
 ) -> Plan:
     """Bind each index to its tool-list entry and component."""
     reg = reg or registry()
-    source = source or " ".join(f"({i})" for i in indices)
+    source = source or format_indices(indices)
     for mapping, what in (
         (info, "info"),
         (inputs, "inputs"),
@@ -278,7 +246,7 @@ def load_plan_file(path: str | Path, tools: ToolList, reg: Registry | None = Non
     source = f"{path}"
     if doc.plan is not None:
         return resolve_plan(
-            parse_plan_indices(doc.plan),
+            parse_indices(doc.plan),
             tools,
             info=doc.info,
             inputs=doc.inputs,
@@ -343,7 +311,7 @@ def load_plan(
                 plan.source,
             )
         return plan
-    return resolve_plan(parse_plan_indices(text), tools, info=info, reg=reg)
+    return resolve_plan(parse_indices(text), tools, info=info, reg=reg)
 
 
 # -- the DAG -------------------------------------------------------------------------------------
@@ -495,7 +463,3 @@ class ToolDag:
                 item["after"] = preds
             steps.append(item)
         return yaml.safe_dump({"steps": steps}, sort_keys=False, allow_unicode=True)
-
-
-def build_dag(plan: Plan, reg: Registry | None = None) -> ToolDag:
-    return ToolDag(plan, reg)

@@ -41,11 +41,11 @@ from revision.tools._base import (
     ToolStage,
     ToolTimeout,
 )
+from revision.tools._registry import Registry, ToolList, load_tools, registry
 from revision.tools.catalog import catalog_arrays
 from revision.tools.dag import Plan, ToolDag, load_plan
 from revision.tools.info import QueryInfo, parse_info
 from revision.tools.info import warm_up as warm_query_info
-from revision.tools.registry import Registry, ToolList, load_tools, registry
 from revision.vision.images import load_image
 
 DEFAULT_TIMEOUT_MS = 250.0

@@ -8,7 +8,6 @@ Any other encoder (a CLIP or product-embedding model) plugs in behind `ImageEnco
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -21,9 +20,12 @@ from revision.errors import InputError
 
 
 def model_cache_dir() -> Path:
-    """Where derived model files (the exported ONNX graph) live: `$REVISION_CACHE`, else
-    `~/.cache/revision`. They depend only on the shipped weights, so warehouses share them."""
-    return Path(os.environ.get("REVISION_CACHE") or Path.home() / ".cache" / "revision")
+    """Where derived model files (the exported ONNX graph) live: the settings' `cache`
+    (`$REVISION_CACHE`, else `~/.cache/revision`). They depend only on the shipped weights,
+    so warehouses share them."""
+    from revision.settings import get_settings
+
+    return get_settings().cache
 
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

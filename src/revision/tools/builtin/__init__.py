@@ -1,5 +1,5 @@
 """The built-in components, registered through the `revision.tools` entry point like any
-third-party plug-in (see `revision.tools.registry`)."""
+third-party plug-in (see `revision.tools._registry`)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ each component it provides. The built-ins are registered by `revision.tools.buil
 very same entry point (declared in this project's pyproject.toml), like simonw/llm's default
 plugins. Tests and notebooks call `registry().register(...)` directly, the same callback.
 
-The tool list maps the planner's `(n)` to a component: the clustering stage's list
-(`artifacts/tools/toollist.json`) when the warehouse has one, else the eight built-ins as 1..8.
+The tool list maps the planner's `(n)` to a component: the clustering stage's list (read
+through its declaration, `revision.toollist`) when the warehouse has one, else the eight
+built-ins as 1..8. Either way it carries the digest that derived artefacts are checked against.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from revision import toollist
 from revision.errors import ConfigError, InputError
 from revision.tools._base import Component, ToolStage
+from revision.tools.grammar import format_tool_list
 from revision.warehouse import Warehouse
 
 ENTRY_POINT_GROUP = "revision.tools"
@@ -203,12 +206,19 @@ class ToolEntry:
 
 
 class ToolList:
-    """The numbered tools a plan's `(n)` refers to."""
+    """The numbered tools a plan's `(n)` refers to, with the digest and version of the list."""
 
-    def __init__(self, entries: list[ToolEntry], source: str):
+    def __init__(self, entries: list[ToolEntry], source: str, version: int = 1):
         self.entries = sorted(entries, key=lambda e: e.index)
         self.source = source  # "default" or the tool-list file
+        self.version = version
         self._by_index = {e.index: e for e in self.entries}
+        self.digest = toollist.digest(
+            [
+                toollist.ToolSpec(e.index, e.title, e.description, e.component, e.retired)
+                for e in self.entries
+            ]
+        )
 
     def __iter__(self) -> Iterator[ToolEntry]:
         return iter(self.entries)
@@ -218,6 +228,10 @@ class ToolList:
 
     def active(self) -> list[ToolEntry]:
         return [e for e in self.entries if not e.retired and e.component]
+
+    def live_indices(self) -> list[int]:
+        """Indices a plan may use now (active and bound to a component)."""
+        return [e.index for e in self.active()]
 
     def get(self, index: int) -> ToolEntry:
         if index not in self._by_index:
@@ -237,7 +251,7 @@ class ToolList:
 
     def format(self) -> str:
         """The planner's view: `(index) title: description`, one active tool a line."""
-        return "\n".join(f"({e.index}) {e.title}: {e.description}" for e in self.active())
+        return format_tool_list((e.index, e.title, e.description) for e in self.active())
 
 
 def default_tool_list(reg: Registry | None = None) -> ToolList:
@@ -254,13 +268,11 @@ def load_tools(warehouse: Warehouse | None = None, reg: Registry | None = None) 
     reg = reg or registry()
     if warehouse is None:
         return default_tool_list(reg)
-    from revision.clustering.toollist import ARTIFACT, load_tool_list
-
-    specs = load_tool_list(warehouse, missing_ok=True)
-    if not specs:
+    doc = toollist.load(warehouse, missing_ok=True)
+    if doc is None or not doc.tools:
         return default_tool_list(reg)
     entries = []
-    for s in specs:
+    for s in doc.tools:
         defaults: dict[str, Any] = {}
         if s.component and not s.retired and s.component in reg:
             defaults = reg.get(s.component).defaults_for(s.title, tuple(s.keywords))
@@ -275,8 +287,7 @@ def load_tools(warehouse: Warehouse | None = None, reg: Registry | None = None) 
                 defaults,
             )
         )
-    path = warehouse.root.joinpath("artifacts", *ARTIFACT)
-    return ToolList(entries, str(path))
+    return ToolList(entries, str(toollist.path(warehouse)), doc.version)
 
 
 def check_entries(tools: ToolList) -> None:
