@@ -99,9 +99,8 @@ def small_catalog(hm_dir, tmp_path_factory):
 def _run(cat, tmp_path, name="w", pipeline=None, **kwargs):
     wh = Warehouse(tmp_path / name)
     args = {"users": 200, "days": 1, "requests": 1500, "seed": 5, **kwargs}
-    summary = simulate(
-        cat["world"], pipeline or SearchPipeline(cat["engine"]), wh, pool=cat["pool"], **args
-    )
+    searcher = pipeline or SearchPipeline(cat["engine"])
+    summary = simulate(cat["world"], searcher, wh, pool=cat["pool"], catalog=cat["wh"], **args)
     return wh, summary
 
 
@@ -175,6 +174,7 @@ def test_another_world_runs_without_code_changes(small_catalog, tmp_path):
         requests=400,
         seed=1,
         pool=small_catalog["pool"],
+        catalog=small_catalog["wh"],
     )
     assert set(summary["per_intent"]) == {"exact", "info"}
     assert summary["bot_requests"] == 0

@@ -187,10 +187,11 @@ IMPRESSIONS = _declare(
             ("product_id", pa.string(), False),
             ("rank", pa.int32(), False),  # 1-based
             ("score", pa.float64()),
+            ("source", pa.string()),  # "visual", or the component of the tool that placed it
+            ("tool", pa.int32()),  # that tool's index in the tool list (null for visual)
         ),
         partitions=("dt",),
         writers=_LOG_WRITERS,
-        open=True,  # optional `source`: the stage or tool that placed the result
         doc="one row per result shown",
     )
 )

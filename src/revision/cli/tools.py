@@ -388,8 +388,8 @@ def _print_comparison(image, dag, base, tuned) -> None:
 
     badges: dict[str, list[str]] = {}
     for cue in tuned.cues:
-        if cue.get("type") == "label":
-            badges.setdefault(cue["product_id"], []).append(cue["badge"])
+        if cue.type == "label":
+            badges.setdefault(cue.product_id, []).append(cue.badge)
     table = Table(title=f"{image}   plan {dag.plan}", title_justify="left", expand=False)
     table.add_column("#", justify="right")
     table.add_column(f"baseline (relevance {base.relevance:.3f})")
@@ -411,20 +411,20 @@ def _print_comparison(image, dag, base, tuned) -> None:
         table.add_row(str(i + 1), left, right)
     console.print(table)
     for cue in tuned.cues:
-        if cue.get("type") == "summary":
-            console.print(f"  [bold]summary[/] {escape(cue['text'])}", highlight=False)
-        elif cue.get("type") == "question":
+        if cue.type == "summary":
+            console.print(f"  [bold]summary[/] {escape(cue.text)}", highlight=False)
+        elif cue.type == "question":
             console.print(
-                f"  [bold]question[/] {escape(cue['text'] + ' ' + ' / '.join(cue['options']))}",
+                f"  [bold]question[/] {escape(cue.text + ' ' + ' / '.join(cue.options))}",
                 highlight=False,
             )
-        elif cue.get("type") == "metadata":
-            fields = "; ".join(f"{k}: {v}" for k, v in cue["fields"].items())
-            console.print(f"  [bold]{cue['product_id']}[/] {escape(fields)}", highlight=False)
+        elif cue.type == "metadata":
+            fields = "; ".join(f"{k}: {v}" for k, v in cue.fields.items())
+            console.print(f"  [bold]{cue.product_id}[/] {escape(fields)}", highlight=False)
     for t in tuned.trace:
-        err = f" — {escape(t['error'])}" if t.get("error") else ""
+        err = f" — {escape(t.error)}" if t.error else ""
         console.print(
-            f"  [dim]({t['index']}) {t['name']} {t['status']} {t['ms']:.1f} ms{err}[/]",
+            f"  [dim]({t.index}) {t.name} {t.status} {t.ms:.1f} ms{err}[/]",
             highlight=False,
         )
 

@@ -1,18 +1,25 @@
-"""Typed search objects and the hook contract that tools plug into.
+"""Typed search objects, the hook contract that tools plug into, and the `Searcher` protocol.
 
 A request flows through five named stages, query -> recall -> filter -> rank -> display. Each
 stage does its default work and then runs the hooks registered for it, in order; a hook reads
 and edits the `SearchContext` (candidates, query facts, cues). That is the whole plug-in surface
 for tools: they never reach into the engine's internals.
+
+What a response carries beyond results is typed: cues (labels, metadata, questions, summaries)
+and trace entries are pydantic models with a `type` discriminator, serialised the same way by
+the CLI, the service and the logs (`as_dict`). Anything that answers a `SearchRequest` with a
+`SearchResponse` is a `Searcher`: the plain pipeline, a plan-executing pipeline, the online
+service in-process, or a client of the HTTP service; the simulator drives any of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class Stage(StrEnum):
@@ -26,6 +33,9 @@ class Stage(StrEnum):
 STAGES = tuple(Stage)
 
 
+VISUAL = "visual"  # the source of a result placed by plain visual matching
+
+
 @dataclass
 class Hit:
     product_id: str
@@ -33,11 +43,105 @@ class Hit:
     rank: int = 0  # 1-based, set at display
     title: str = ""
     price: float | None = None
-    source: str = "visual"  # which stage or tool put it here
+    source: str = VISUAL  # which stage or tool (component name) put it here
     badges: list[str] = field(default_factory=list)
+    tool: int | None = None  # the tool-list index of the tool that placed it
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "product_id": self.product_id,
+            "score": round(self.score, 6),
+            "rank": self.rank,
+            "title": self.title,
+            "price": self.price,
+            "source": self.source,
+            "tool": self.tool,
+            "badges": list(self.badges),
+        }
+
+
+# -- cues: what a response shows besides results ---------------------------------------------
+
+
+class _Typed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelCue(_Typed):
+    """A badge on a result card ("same colour", "cheaper")."""
+
+    type: Literal["label"] = "label"
+    product_id: str
+    badge: str
+
+
+class MetadataCue(_Typed):
+    """Details of a product a photo cannot show (material, care, specifications)."""
+
+    type: Literal["metadata"] = "metadata"
+    product_id: str
+    fields: dict[str, str]
+    care_source: str | None = None  # "description", or "material" when care is inferred
+
+
+class QuestionCue(_Typed):
+    """A preference question whose options re-run the search when answered."""
+
+    type: Literal["question"] = "question"
+    attribute: str
+    text: str
+    options: list[str]
+    counts: list[int] = []
+
+
+class SummaryGroup(_Typed):
+    value: str
+    count: int
+    product_ids: list[str]
+
+
+class SummaryCue(_Typed):
+    """A one-line digest of the results (by the most informative attribute, prices)."""
+
+    type: Literal["summary"] = "summary"
+    attribute: str
+    groups: list[SummaryGroup]
+    price_range: list[float] | None = None
+    text: str
+
+
+Cue = Annotated[LabelCue | MetadataCue | QuestionCue | SummaryCue, Field(discriminator="type")]
+CUES = TypeAdapter(list[Cue])
+
+
+# -- trace entries: what ran, how long, and what went wrong ----------------------------------
+
+
+class ToolTrace(_Typed):
+    type: Literal["tool"] = "tool"
+    index: int  # the tool's number in the plan
+    name: str  # the component
+    stage: str
+    status: Literal["ok", "failed", "timeout"]
+    ms: float = 0.0
+    error: str | None = None
+    start_ms: float = 0.0  # since the request started
+    inputs: dict[str, Any] | None = None
+    notes: dict[str, Any] | None = None
+
+
+class StepTrace(_Typed):
+    """A step of the online service around the tools (trigger, cache, planner)."""
+
+    type: Literal["step"] = "step"
+    name: str
+    status: Literal["ok", "failed", "timeout", "skipped"]
+    ms: float = 0.0
+    detail: str | None = None
+
+
+TraceEntry = Annotated[ToolTrace | StepTrace, Field(discriminator="type")]
+TRACE = TypeAdapter(list[TraceEntry])
 
 
 @dataclass
@@ -47,6 +151,7 @@ class Query:
     image: Any = None  # PIL image when the request came with a photo
     top_k: int = 10
     request_id: str | None = None
+    user_id: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # filled by query understanding
 
 
@@ -55,9 +160,9 @@ class SearchContext:
     query: Query
     candidates: list[Hit] = field(default_factory=list)
     results: list[Hit] = field(default_factory=list)
-    cues: list[dict[str, Any]] = field(default_factory=list)  # labels, summaries, questions
+    cues: list[Cue] = field(default_factory=list)  # labels, summaries, questions
     applied: list[int] = field(default_factory=list)  # tool indices that ran
-    trace: list[dict[str, Any]] = field(default_factory=list)
+    trace: list[TraceEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -66,29 +171,51 @@ class SearchResponse:
     results: list[Hit]
     relevance: float
     latency_ms: float
-    cues: list[dict[str, Any]] = field(default_factory=list)
+    cues: list[Cue] = field(default_factory=list)
     applied: list[int] = field(default_factory=list)
-    trace: list[dict[str, Any]] = field(default_factory=list)
+    trace: list[TraceEntry] = field(default_factory=list)
+    request_id: str | None = None
 
     def as_dict(self, extended: bool = False) -> dict[str, Any]:
-        out = {
+        """The JSON shape the CLI prints, the service returns and the logs keep."""
+        basic = ("product_id", "score", "rank", "title", "price")
+        results = [h.as_dict() for h in self.results]
+        out: dict[str, Any] = {
             "query": self.query,
-            "results": [
-                {
-                    "product_id": h.product_id,
-                    "score": round(h.score, 6),
-                    "rank": h.rank,
-                    "title": h.title,
-                    "price": h.price,
-                }
-                for h in self.results
-            ],
+            "results": results if extended else [{k: r[k] for k in basic} for r in results],
             "relevance": round(self.relevance, 6),
             "latency_ms": round(self.latency_ms, 3),
         }
         if extended:
-            out.update(applied=self.applied, cues=self.cues, trace=self.trace)
+            out.update(
+                applied=list(self.applied),
+                cues=CUES.dump_python(self.cues, mode="json"),
+                trace=TRACE.dump_python(self.trace, mode="json"),
+            )
         return out
+
+
+@dataclass
+class SearchRequest:
+    """One visual search request, as any `Searcher` takes it: a photo (path, bytes or PIL
+    image) and/or its raw encoder embedding (the simulator's fast path), who asked, how many."""
+
+    image: Any = None
+    embedding: np.ndarray | None = None
+    top_k: int = 10
+    request_id: str | None = None
+    user_id: str | None = None
+    source: str | None = None  # a name for the photo in logs and errors
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    """Answers search requests. `deterministic` says whether the same photo always gets the
+    same response (whoever asks), which lets a caller such as the simulator reuse responses."""
+
+    deterministic: bool
+
+    def respond(self, request: SearchRequest) -> SearchResponse: ...
 
 
 class Hook(Protocol):

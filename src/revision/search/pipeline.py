@@ -14,7 +14,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from revision.errors import InputError
-from revision.search._base import Hit, Hook, Query, SearchContext, SearchResponse, Stage
+from revision.search._base import (
+    VISUAL,
+    Hit,
+    Hook,
+    Query,
+    SearchContext,
+    SearchRequest,
+    SearchResponse,
+    Stage,
+)
 from revision.search.engine import SearchEngine
 from revision.vision.images import load_image
 
@@ -37,6 +46,30 @@ class SearchPipeline:
         self.engine = engine
         self.recall_k = recall_k
         self.hooks: dict[Stage, list[Hook]] = {s: list((hooks or {}).get(s, ())) for s in Stage}
+
+    @property
+    def deterministic(self) -> bool:
+        """Without hooks the same photo always gets the same response (a `Searcher` fact)."""
+        return not any(self.hooks.values())
+
+    def respond(self, request: SearchRequest) -> SearchResponse:
+        """The `Searcher` entry point: a photo and/or its raw embedding, and who asked."""
+        started = time.perf_counter()
+        image, source = request.image, request.source
+        if request.embedding is None and (
+            isinstance(image, str | bytes) or hasattr(image, "__fspath__")
+        ):
+            source = source or (str(image) if not isinstance(image, bytes) else None)
+            image = load_image(image)
+        query = Query(
+            source=source or "<image>",
+            vector=None if request.embedding is None else np.asarray(request.embedding, np.float32),
+            image=image if request.embedding is None else None,
+            top_k=request.top_k,
+            request_id=request.request_id,
+            user_id=request.user_id,
+        )
+        return self.run(query, started)
 
     def with_hooks(self, hooks: Mapping[Stage, Sequence[Hook]]) -> SearchPipeline:
         """A new pipeline over the same engine with extra hooks appended per stage."""
@@ -96,6 +129,7 @@ class SearchPipeline:
             cues=ctx.cues,
             applied=ctx.applied,
             trace=ctx.trace,
+            request_id=query.request_id,
         )
 
     # -- default stage work --------------------------------------------------------------------
@@ -125,7 +159,9 @@ class SearchPipeline:
         for rank, hit in enumerate(ctx.results, start=1):
             hit.rank = rank
 
-    def hit(self, product_id: str, score: float, source: str = "visual") -> Hit:
+    def hit(
+        self, product_id: str, score: float, source: str = VISUAL, tool: int | None = None
+    ) -> Hit:
         """A result row for a catalog product, with its title and price filled in."""
         title, price = self.engine.labels[product_id]
-        return Hit(product_id=product_id, score=score, title=title, price=price, source=source)
+        return Hit(product_id, score, title=title, price=price, source=source, tool=tool)

@@ -3,7 +3,8 @@
 - `revision.sim.world`: the world file (`load_world`), validated, unknown keys named.
 - `revision.sim.intents`: intent names and the predicates `satisfies` / `satisfied`.
 - `revision.sim.photos`: the query-photo pool (`build_pool`), derived from catalog photos.
-- `revision.sim.traffic`: `simulate(world, pipeline, warehouse, ...)` writes the log tables.
+- `revision.sim.traffic`: `simulate(world, searcher, warehouse, ...)` writes the log tables.
+- `revision.sim.behaviour`: how a user reacts to a response (examination, clicks, purchases).
 - `revision.sim.truth`: the hidden-intent table `sim/truth`, for evaluation only.
 
 Names are loaded lazily so that `import revision.sim.intents` stays light.

@@ -8,6 +8,9 @@ are fuzzier, which the click model adds back with examination noise and stray cl
 
 Cue types a pipeline may emit in `SearchResponse.cues` and what they do here:
 
+Cues arrive typed (`revision.search._base`: LabelCue, MetadataCue, …); `plain_cues` turns them
+into mappings, the form the predicates read:
+
 - `{"type": "metadata", "product_id": P, "fields": {"material": ..., "care": ...}}` serves
   `info` when P is of the target's design (same variant group) and carries the wanted field.
 - `{"type": "question", "attribute": "colour", "options": [...]}` serves `preference`: the user
@@ -111,6 +114,11 @@ def value(row: Row, key: str) -> Any:
 def _same(a: Row, b: Row, key: str) -> bool:
     x = value(a, key)
     return x is not None and x == value(b, key)
+
+
+def plain_cues(cues: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """Cues as mappings: the typed cues of a response (pydantic models) or plain dicts."""
+    return [c.model_dump() if hasattr(c, "model_dump") else c for c in cues]
 
 
 def _cues_of(cues: Iterable[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
@@ -225,7 +233,7 @@ def satisfied(
     when a metadata cue with the wanted field is about a product of the target's design (even
     one not among the results: the details are on screen). `products` maps product_id -> row.
     """
-    cues = list(response.cues or ())
+    cues = plain_cues(response.cues or ())
     for hit in response.results:
         row = products.get(hit.product_id)
         if row is not None and satisfies(intent, target, row, cues, user, params):

@@ -19,15 +19,16 @@ Rules worth knowing:
 - Randomness comes in two streams per day: the request plan (seed, day) and the users' reactions
   (seed, day, drawn per request before any search). Two pipelines simulated with the same seed
   therefore see the same users, photos and intents, and differ only where their responses do.
-- A pipeline without hooks answers a photo the same way every time, so its responses are
-  computed once per distinct photo (memoized); a pipeline with hooks (tools that may read the
-  request) is called for every request.
+- The traffic goes to any `Searcher` (the plain pipeline, a plan-executing pipeline, the online
+  service in-process or over HTTP). A searcher that says it is `deterministic` answers a photo
+  the same way every time, so its responses are computed once per distinct photo (memoized);
+  any other is called for every request.
+- The users' reactions (examination, clicks, purchases) live in `revision.sim.behaviour`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import time
 from collections import Counter, defaultdict
@@ -37,9 +38,11 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
+from revision.catalog.schema import load_products
 from revision.errors import InputError
 from revision.progress import progress
-from revision.search.pipeline import SearchPipeline
+from revision.search._base import Searcher, SearchRequest
+from revision.sim.behaviour import NORMALS, UNIFORMS, UserBehaviour
 from revision.sim.intents import (
     INFO,
     INFO_FIELDS,
@@ -47,21 +50,19 @@ from revision.sim.intents import (
     PREFERENCE,
     CatalogFacts,
     PredicateParams,
-    UserState,
+    plain_cues,
     product_rows,
-    satisfied,
-    satisfies,
     value,
 )
 from revision.sim.photos import PhotoPool, build_pool
 from revision.sim.world import PHOTO_KINDS, World
 from revision.tables import CLICKS, IMAGE_HASHES, IMPRESSIONS, ORDERS, REQUESTS, TRUTH
+from revision.vision.embeddings import ImageEmbedder
 from revision.vision.query_photos import LOW_QUALITY_KINDS
 from revision.warehouse import Warehouse
 
 DEFAULT_START = date(2025, 6, 2)  # a Monday; fixed so that the same command gives the same logs
 NO_CLICK_WINDOW_S = 30.0  # the paper's no-click rule: no click within 30 s of the request
-MAX_EXAMINED = 20  # users never look past this rank
 HEAVY_USER_DAY = 25  # mean human requests per user and day above which the summary warns
 _DAY_MS = 86_400_000
 _VARIANT = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -118,8 +119,15 @@ def _parse_start(start_date) -> date:
         raise InputError(f"--start-date {start_date!r}: expected YYYY-MM-DD") from None
 
 
-def _has_hooks(pipeline: SearchPipeline) -> bool:
-    return type(pipeline) is not SearchPipeline or any(pipeline.hooks.values())
+def indexed_rows(warehouse: Warehouse) -> dict[str, dict]:
+    """Catalog rows of the products users can find: those whose photo `revision index build`
+    embedded (every product when the warehouse has no index yet)."""
+    products = load_products(warehouse)
+    if warehouse.exists(IMAGE_HASHES):
+        hashes = warehouse.read_pandas(IMAGE_HASHES)
+        ok = set(hashes.loc[hashes["image_hash"].fillna("") != "", "product_id"])
+        products = products[products["product_id"].isin(ok)]
+    return product_rows(products.sort_values("product_id").reset_index(drop=True))
 
 
 class _Simulation:
@@ -128,29 +136,32 @@ class _Simulation:
     def __init__(
         self,
         world: World,
-        pipeline: SearchPipeline,
+        searcher: Searcher,
         warehouse: Warehouse,
         pool: PhotoPool | None,
         seed: int,
         variant: str,
         memoize: bool | None,
+        catalog: Warehouse,
     ):
-        self.world, self.pipeline, self.warehouse = world, pipeline, warehouse
+        self.world, self.searcher, self.warehouse = world, searcher, warehouse
         self.seed, self.variant = seed, variant
-        engine = pipeline.engine
-        self.engine = engine
-        indexed = engine.products.loc[engine.index.ids_]
-        self.rows = product_rows(indexed)
+        self.rows = indexed_rows(catalog)
+        self.catalog_ids = sorted(self.rows)
+        self.embedder = ImageEmbedder(catalog)  # the index's encoder and embedding cache
         self.params = PredicateParams.from_world(world)
         self.facts = CatalogFacts(self.rows, self.params, world.catalog.price_tiers)
         self.pool = (
-            pool if pool is not None else build_pool(world, warehouse, self.rows, engine.encoder)
+            pool
+            if pool is not None
+            else build_pool(world, warehouse, self.rows, self.embedder.encoder)
         )
-        self.memoize = (not _has_hooks(pipeline)) if memoize is None else memoize
+        self.memoize = searcher.deterministic if memoize is None else memoize
         self.memo: dict[int, tuple] = {}
-        self.sat_memo: dict[tuple, tuple] = {}
         self.intents = list(world.intents.enabled())
         self.specs = [world.intents.enabled()[i] for i in self.intents]
+        purchase = {n: s.purchase_p for n, s in zip(self.intents, self.specs, strict=True)}
+        self.behaviour = UserBehaviour(world, self.rows, self.params, purchase)
         self._catalog_hashes: dict[str, str] | None = None
         self._prepare_priors()
 
@@ -319,7 +330,7 @@ class _Simulation:
         k = int(min(len(bot_ids), max(1, round(n / per_bot))))
         active = rng.choice(len(bot_ids), size=k, replace=False)
         sizes = rng.multinomial(n - k, np.full(k, 1.0 / k)) + 1
-        catalog = self.engine.index.ids_
+        catalog = self.catalog_ids
         pool_photos = np.flatnonzero(np.isin(np.array(self.pool.kinds), ["mild", "medium", "hard"]))
         for b, size in zip(active, sizes, strict=True):
             mean = rng.uniform(*spec.interval_s)
@@ -354,19 +365,23 @@ class _Simulation:
 
     # -- photos ---------------------------------------------------------------------------------
     def photo(self, j: int) -> tuple[np.ndarray, str, str]:
-        """(vector, image path, image hash) of photo j: pool photos, then catalog photos."""
+        """(raw embedding, image path, image hash) of photo j: pool photos, then catalog
+        photos (a bot uploading the product photo itself; embedded once, then cached)."""
         pool = self.pool
         if j < len(pool):
             return pool.vectors[j], pool.images[j], pool.hashes[j]
-        row = j - len(pool)
-        pid = self.engine.index.ids_[row]
-        return self.engine.raw_vectors[row], self.rows[pid]["image_path"], self._hash(pid)
+        pid = self.catalog_ids[j - len(pool)]
+        path, image_hash = self.rows[pid]["image_path"], self._hash(pid)
+        if image_hash not in self.embedder.cache:
+            vectors, _ = self.embedder.embed_paths([path])
+            return vectors[0], path, image_hash
+        return self.embedder.cache.get([image_hash])[0], path, image_hash
 
     def _hash(self, pid: str) -> str:
         if self._catalog_hashes is None:
             self._catalog_hashes = {}
-            if self.warehouse.exists(IMAGE_HASHES):
-                t = self.warehouse.read(IMAGE_HASHES)
+            if self.embedder.warehouse.exists(IMAGE_HASHES):
+                t = self.embedder.warehouse.read(IMAGE_HASHES)
                 self._catalog_hashes = dict(
                     zip(
                         t.column("product_id").to_pylist(),
@@ -380,14 +395,20 @@ class _Simulation:
             self._catalog_hashes[pid] = content_hash(self.rows[pid]["image_path"])
         return self._catalog_hashes[pid]
 
-    def respond(self, j: int, request_id: str) -> tuple:
+    def respond(self, j: int, request_id: str, user_id: str) -> tuple:
         """(response, product ids, ranks, scores, image, hash) for photo j."""
         if self.memoize and j in self.memo:
             return self.memo[j]
         vector, image, image_hash = self.photo(j)
-        response = self.pipeline.search_vector(
-            vector, top_k=self.world.top_k, source=image, request_id=request_id
+        request = SearchRequest(
+            image=self.warehouse.resolve(image),
+            embedding=vector,
+            top_k=self.world.top_k,
+            request_id=request_id,
+            user_id=user_id,
+            source=self.warehouse.relative(image),
         )
+        response = self.searcher.respond(request)
         hits = response.results
         out = (
             response,
@@ -402,13 +423,9 @@ class _Simulation:
         return out
 
 
-def _lognormal(spec, z: float) -> float:
-    return spec.median * math.exp(spec.sigma * z)
-
-
 def simulate(
     world: World,
-    pipeline: SearchPipeline,
+    searcher: Searcher,
     warehouse: Warehouse,
     users: int = 1000,
     days: int = 1,
@@ -419,13 +436,15 @@ def simulate(
     variant: str = "baseline",
     pool: PhotoPool | None = None,
     memoize: bool | None = None,
+    catalog: Warehouse | None = None,
 ) -> dict:
     """Simulate `requests` requests (total over `days` days from `start_date`) by `users` human
-    users plus the world's bots, served by `pipeline`; write the log tables and `sim/truth`
-    for each day, and return a summary (see `revision.sim.traffic` for the rules).
+    users plus the world's bots, served by `searcher`; write the log tables and the hidden
+    truth for each day, and return a summary (see `revision.sim.traffic` for the rules).
 
     `pool` reuses an already built photo pool; `memoize` overrides the automatic choice
-    (responses memoized per photo for a pipeline without hooks).
+    (responses memoized per photo for a deterministic searcher); `catalog` is the warehouse
+    holding the catalog and its index (default: `warehouse` itself).
     """
     if days < 1:
         raise InputError(f"--days must be at least 1, got {days}")
@@ -438,7 +457,8 @@ def simulate(
     start = _parse_start(start_date)
     counts = day_counts(world, requests, start, days)
     started = time.perf_counter()
-    sim = _Simulation(world, pipeline, warehouse, pool, seed, variant, memoize)
+    catalog = catalog if catalog is not None else warehouse
+    sim = _Simulation(world, searcher, warehouse, pool, seed, variant, memoize, catalog)
     pool_s = time.perf_counter() - started
     population = make_users(world, users, seed)
     bot_ids = [f"u{_short_id(seed, 'bot', i)}" for i in range(world.bots.pool)]
@@ -569,43 +589,22 @@ def _run_day(
     sim: _Simulation, plan: dict, dt: str, users: UserPopulation, all_ids: list[str], stats: _Stats
 ) -> dict[str, pa.Table]:
     """Serve and play one day's plan; returns the five tables."""
-    world, rows, params = sim.world, sim.rows, sim.params
-    beh = world.behaviour
+    rows = sim.rows
     n = len(plan["t"])
-    k_max = MAX_EXAMINED
     rng = np.random.default_rng([sim.seed, 1, date.fromisoformat(dt).toordinal()])
-    uni = rng.random((n, 4 * k_max + 2))
-    nrm = rng.standard_normal((n, 3 * k_max))
+    uni = rng.random((n, UNIFORMS))
+    nrm = rng.standard_normal((n, NORMALS))
     day_ms = int(datetime.fromisoformat(dt).replace(tzinfo=UTC).timestamp() * 1000)
-    purchase = {name: spec.purchase_p for name, spec in zip(sim.intents, sim.specs, strict=True)}
-    info_spec = world.intents.info
-    click_exact_p = info_spec.click_exact_p if info_spec is not None else 0.0
-    top, eta = beh.examination.top, beh.examination.eta
-    cd = beh.click_delay
     req = {k: [] for k in ("request_id", "user_id", "ts", "image", "image_hash", "relevance")}
-    imp = {k: [] for k in ("request_id", "product_id", "rank", "score")}
+    imp = {k: [] for k in ("request_id", "product_id", "rank", "score", "source", "tool")}
     clk = {k: [] for k in ("request_id", "product_id", "ts", "dwell_s")}
     ords = {k: [] for k in ("request_id", "product_id", "ts", "price")}
-    tru = {
-        k: []
-        for k in (
-            "request_id",
-            "user_id",
-            "is_bot",
-            "intent",
-            "target_product_id",
-            "photo_kind",
-            "preferred",
-            "satisfied",
-            "clicked",
-            "ordered",
-        )
-    }
+    tru: dict[str, list] = {k: [] for k in TRUTH.names if k != "variant"}
     for r in range(n):
         rid = _short_id(sim.seed, sim.variant, dt, r) + f"{r:06d}"
         user, is_bot, photo = plan["user"][r], plan["is_bot"][r], plan["photo"][r]
         ts = day_ms + int(plan["t"][r] * 1000)
-        response, pids, ranks, scores, image, image_hash = sim.respond(photo, rid)
+        response, pids, ranks, scores, image, image_hash = sim.respond(photo, rid, all_ids[user])
         req["request_id"].append(rid)
         req["user_id"].append(all_ids[user])
         req["ts"].append(ts)
@@ -616,76 +615,42 @@ def _run_day(
         imp["product_id"].extend(pids)
         imp["rank"].extend(ranks)
         imp["score"].extend(scores)
-        u, z = uni[r], nrm[r]
-        clicks: list[tuple[str, int, float]] = []
-        orders: list[tuple[str, int]] = []
+        imp["source"].extend(h.source for h in response.results)
+        imp["tool"].extend(h.tool for h in response.results)
         intent, target = plan["intent"][r], plan["target"][r]
-        sat = None
         if is_bot:
-            if pids and u[4 * k_max] < plan["bot_click_p"][r]:
-                clicks.append((pids[0], ts + int(300 + 900 * u[0]), 0.2 + 1.3 * u[1]))
+            reaction = sim.behaviour.bot(pids, ts, plan["bot_click_p"][r], uni[r])
         else:
-            cues = response.cues
-            state = UserState(plan["preferred"][r])
-            trow = rows[target]
-            key = (photo, intent, state.preferred)
-            sats = None if cues or not sim.memoize else sim.sat_memo.get(key)
-            if sats is None:
-                sats = tuple(
-                    satisfies(intent, trow, rows[p], cues, state, params) if p in rows else False
-                    for p in pids
-                )
-                if not cues and sim.memoize:
-                    sim.sat_memo[key] = sats
-            sat = (
-                satisfied(intent, trow, response, products=rows, user=state, params=params)
-                if cues
-                else any(sats)
+            cues = plain_cues(response.cues)
+            sats, whole = sim.behaviour.satisfaction(
+                intent,
+                target,
+                plan["preferred"][r],
+                pids,
+                cues,
+                response,
+                memo_key=photo if sim.memoize else None,
             )
-            labelled = {c.get("product_id") for c in cues if c.get("type") == "label"}
-            patience = users.patience[user]
-            if any(c.get("type") == "summary" for c in cues):
-                patience *= beh.summary_patience
-            exponent = eta / patience
-            last_t = last_dwell = None
-            for j in range(min(len(pids), k_max)):
-                e = top * ranks[j] ** -exponent
-                if labelled and pids[j] in labelled:
-                    e = max(e, beh.label_examine)
-                if u[j] >= e:
-                    continue
-                if sats[j]:
-                    p = beh.click_p
-                elif intent == INFO and pids[j] == target:
-                    p = click_exact_p
-                else:
-                    p = beh.stray_click_p
-                if u[k_max + j] >= p:
-                    continue
-                if last_t is None:
-                    delay = (cd.median_s + cd.per_rank_s * (ranks[j] - 1)) * math.exp(
-                        cd.sigma * z[k_max + j]
-                    )
-                    t_click = ts + int(delay * 1000)
-                else:
-                    gap = _lognormal(beh.next_click_gap_s, z[k_max + j])
-                    t_click = last_t + int((last_dwell + gap) * 1000)
-                dwell = _lognormal(beh.dwell.satisfied if sats[j] else beh.dwell.other, z[j])
-                clicks.append((pids[j], t_click, dwell))
-                buy_p = purchase[intent] if sats[j] else beh.stray_purchase_p
-                if u[3 * k_max + j] < buy_p:
-                    delay = _lognormal(beh.order_delay_s, z[2 * k_max + j])
-                    orders.append((pids[j], t_click + int((dwell + delay) * 1000)))
-                last_t, last_dwell = t_click, dwell
-                if u[2 * k_max + j] >= beh.continue_after_click:
-                    break
+            reaction = sim.behaviour.human(
+                intent=intent,
+                target=target,
+                pids=pids,
+                ranks=ranks,
+                sats=sats,
+                cues=cues,
+                patience=users.patience[user],
+                ts=ts,
+                u=uni[r],
+                z=nrm[r],
+            )
+            reaction.satisfied = whole
         gmv = 0.0
-        for pid, t_click, dwell in clicks:
+        for pid, t_click, dwell in reaction.clicks:
             clk["request_id"].append(rid)
             clk["product_id"].append(pid)
             clk["ts"].append(t_click)
             clk["dwell_s"].append(round(dwell, 3))
-        for pid, t_order in orders:
+        for pid, t_order in reaction.orders:
             price = rows[pid].get("price") if pid in rows else None
             ords["request_id"].append(rid)
             ords["product_id"].append(pid)
@@ -699,9 +664,10 @@ def _run_day(
         tru["target_product_id"].append(target)
         tru["photo_kind"].append(plan["kind"][r])
         tru["preferred"].append(plan["preferred"][r])
-        tru["satisfied"].append(sat)
-        tru["clicked"].append(bool(clicks))
-        tru["ordered"].append(bool(orders))
+        tru["satisfied"].append(reaction.satisfied)
+        tru["clicked"].append(bool(reaction.clicks))
+        tru["ordered"].append(bool(reaction.orders))
+        clicks = reaction.clicks
         stats.add(
             user=user,
             is_bot=is_bot,
@@ -709,9 +675,9 @@ def _run_day(
             kind=plan["kind"][r],
             n_clicks=len(clicks),
             first_s=(clicks[0][1] - ts) / 1000 if clicks else None,
-            sat=sat,
+            sat=reaction.satisfied,
             n_imp=len(pids),
-            orders=len(orders),
+            orders=len(reaction.orders),
             gmv=gmv,
         )
     req["variant"] = [sim.variant] * n

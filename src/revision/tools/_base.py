@@ -100,7 +100,8 @@ class ToolContext:
         return self.search.query.top_k
 
     def hit(self, product_id: str, score: float, source: str) -> Hit:
-        return self.pipeline.hit(product_id, score, source)
+        """A result this tool places (its `source` and `tool` index say so in the logs)."""
+        return self.pipeline.hit(product_id, score, source, tool=self.index)
 
     def nearest(self, rows: np.ndarray, k: int, exclude=()) -> tuple[np.ndarray, np.ndarray]:
         """The `k` of catalog `rows` most similar to the query: (rows, scores), best first.

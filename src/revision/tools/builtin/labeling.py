@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from revision.search._base import LabelCue
 from revision.tools._base import Component, ToolContext, ToolStage
 from revision.tools.builtin._common import rows_of
 from revision.tools.catalog import MISSING
@@ -86,9 +87,7 @@ class ProductLabeling(Component):
             for badge in labels:
                 if badge not in hit.badges:
                     hit.badges.append(badge)
-                    ctx.search.cues.append(
-                        {"type": "label", "product_id": hit.product_id, "badge": badge}
-                    )
+                    ctx.search.cues.append(LabelCue(product_id=hit.product_id, badge=badge))
 
     def from_query(self, ctx: ToolContext, inputs: dict[str, Any]) -> dict[str, Any]:
         if "colour" in inputs or "same colour" not in (inputs.get("badges") or ALL_BADGES):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from revision.errors import InputError
+from revision.search._base import QuestionCue
 from revision.tools._base import Component, ToolContext, ToolStage
 from revision.tools.builtin._common import Attribute, rows_of
 from revision.tools.builtin.summary import entropy
@@ -81,13 +82,12 @@ class PreferenceQuestion(Component):
             ctx.notes["skipped"] = f"the results agree on {attribute}"
             return
         ctx.search.cues.append(
-            {
-                "type": "question",
-                "attribute": attribute,
-                "text": _WORDING.get(attribute, f"Which {attribute}?"),
-                "options": options,
-                "counts": [counts[cat.code(attribute, o)] for o in options],
-            }
+            QuestionCue(
+                attribute=attribute,
+                text=_WORDING.get(attribute, f"Which {attribute}?"),
+                options=options,
+                counts=[counts[cat.code(attribute, o)] for o in options],
+            )
         )
 
     @staticmethod
@@ -109,7 +109,7 @@ class PreferenceQuestion(Component):
 
 
 def answer(
-    executor: PlanExecutor, query: Query, question: dict[str, Any], choice: str
+    executor: PlanExecutor, query: Query, question: QuestionCue | dict[str, Any], choice: str
 ) -> SearchResponse:
     """Re-run the search for `query` refined by the option the user chose (keeping the
     product type when the photo shows it clearly).
@@ -118,11 +118,18 @@ def answer(
     """
     from dataclasses import replace
 
+    from pydantic import ValidationError
+
     from revision.tools.dag import Plan, PlanStep
 
-    if question.get("type") != "question" or "attribute" not in question:
-        raise InputError("answer() needs a question cue (type 'question' with an attribute)")
-    options = question.get("options") or []
+    if isinstance(question, dict):
+        try:
+            question = QuestionCue.model_validate(question)
+        except ValidationError:
+            raise InputError(
+                "answer() needs a question cue (type 'question' with an attribute and options)"
+            ) from None
+    options = question.options
     if choice not in options:
         raise InputError(f"{choice!r} is not an option; options: {', '.join(options)}")
     tools = executor.tools
@@ -130,7 +137,7 @@ def answer(
         index=tools.index_of("search_refinement"),
         component="search_refinement",
         title="answer",
-        inputs={question["attribute"]: choice, "same": ["category"]},
+        inputs={question.attribute: choice, "same": ["category"]},
     )
     fresh = replace(query, facts={}, vector=query.vector, image=query.image)
-    return executor.run(fresh, Plan([step], source=f"answer {question['attribute']}={choice}"))
+    return executor.run(fresh, Plan([step], source=f"answer {question.attribute}={choice}"))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from revision.search._base import SummaryCue
 from revision.tools._base import Component, ToolContext, ToolStage
 from revision.tools.builtin._common import Attribute, rows_of
 from revision.tools.info import Info
@@ -102,13 +103,12 @@ class ResultSummary(Component):
         if badges:
             parts.append("labelled " + ", ".join(f"{b} ({n})" for b, n in badges.most_common()))
         ctx.search.cues.append(
-            {
-                "type": "summary",
-                "attribute": attribute,
-                "groups": groups,
-                "price_range": price_range,
-                "text": "; ".join(parts) + ".",
-            }
+            SummaryCue(
+                attribute=attribute,
+                groups=groups,
+                price_range=price_range,
+                text="; ".join(parts) + ".",
+            )
         )
 
     def from_info(self, info: Info) -> dict[str, Any]:
