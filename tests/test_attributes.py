@@ -1,8 +1,10 @@
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
-from revision.vision.attributes import AttributeHeads, colour_histogram
+from revision.errors import InputError
+from revision.vision.attributes import AttributeHeads, colour_histogram, heads_path
 from revision.vision.training import train_attributes
 
 
@@ -67,11 +69,45 @@ def test_colour_histogram_ignores_the_white_studio_background():
     assert h_red @ h_blue < 0.1
 
 
-def test_train_attributes_reports_held_out_accuracy(built_warehouse):
-    report = train_attributes(built_warehouse, augment=40, eval_queries=20, epochs=25)
+def test_train_attributes_reports_held_out_accuracy(built_warehouse, tmp_path):
+    import shutil
+
+    from revision.search.engine import SearchEngine
+    from revision.warehouse import Warehouse
+
+    warehouse = Warehouse(tmp_path / "wh")  # the shared warehouse is read-only
+    shutil.copytree(built_warehouse.root, warehouse.root)
+    engine = SearchEngine.open(warehouse)
+    products = engine.products.loc[engine.index.ids_]
+    report = train_attributes(
+        warehouse,
+        products,
+        engine.raw_vectors,
+        engine.encode,
+        augment=40,
+        eval_queries=20,
+        epochs=25,
+    )
     assert set(report["attributes"]) == {"colour", "category", "pattern", "index_group"}
     for r in report["attributes"].values():
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["query_photo_accuracy"] <= 1
     # even on a tiny catalog the heads beat always answering the most common type
     cat = report["attributes"]["category"]
     assert cat["accuracy"] > cat["majority_baseline"]
+    assert report["path"] == str(heads_path(warehouse))
+
+
+def test_train_attributes_wants_one_raw_embedding_per_product(built_warehouse):
+    from revision.search.engine import SearchEngine
+
+    engine = SearchEngine.open(built_warehouse)
+    products = engine.products.loc[engine.index.ids_]
+    with pytest.raises(InputError, match="one row each"):
+        train_attributes(built_warehouse, products, engine.raw_vectors[:-1], engine.encode)
+    with pytest.raises(InputError, match=r"lack column.*variant_group"):
+        train_attributes(
+            built_warehouse,
+            products.drop(columns="variant_group"),
+            engine.raw_vectors,
+            engine.encode,
+        )

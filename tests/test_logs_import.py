@@ -228,7 +228,7 @@ def test_file_level_errors(wh, tmp_path):
     with pytest.raises(InputError, match="unknown file type"):
         import_logs(tmp_path / "x.csv", wh)
     ambiguous = write_jsonl(
-        tmp_path / "events.jsonl", [{"request_id": "r", "product_id": "p", "ts": 1}]
+        tmp_path / "stuff.jsonl", [{"request_id": "r", "product_id": "p", "ts": 1}]
     )
     with pytest.raises(InputError, match="pass --table"):
         import_logs(ambiguous, wh)

@@ -101,8 +101,11 @@ def _make_logs(warehouse: Warehouse) -> None:
     )
     warehouse.write(
         IMPRESSIONS,
-        pa.table(
-            dict(zip(IMPRESSIONS.schema.names, zip(*impressions, strict=True), strict=True)),
+        pa.Table.from_pylist(
+            [
+                dict(zip(("request_id", "product_id", "rank", "score"), i, strict=True))
+                for i in impressions
+            ],
             schema=IMPRESSIONS.schema,
         ),
         {"dt": "2026-01-05"},
@@ -124,12 +127,15 @@ def _make_logs(warehouse: Warehouse) -> None:
 @pytest.fixture(scope="session")
 def mining_source(built_warehouse, tmp_path_factory) -> Warehouse:
     """The small catalog + attribute heads + logs. Read-only: tests copy it (`wh`)."""
+    from revision.search.engine import SearchEngine
     from revision.vision.training import train_attributes
 
     root = tmp_path_factory.mktemp("mining") / "warehouse"
     shutil.copytree(built_warehouse.root, root)
     warehouse = Warehouse(root)
-    train_attributes(warehouse, augment=30, eval_queries=5, epochs=10)
+    engine = SearchEngine.open(warehouse)
+    products, raw = engine.products.loc[engine.index.ids_], engine.raw_vectors
+    train_attributes(warehouse, products, raw, engine.encode, augment=30, eval_queries=5, epochs=10)
     _make_logs(warehouse)
     return warehouse
 

@@ -127,7 +127,7 @@ def test_cache_merges_many_small_files(tmp_path):
     assert len(files) == 1
 
 
-# -- real models (loaded once per session by the module-level caches) ---------------------------
+# -- real models (each encoder object loads its own, on first use) -------------------------------
 
 RELATED = [
     ("Show other colour variants", "Show the same design in different colours"),
@@ -190,3 +190,67 @@ def test_get_text_encoder_wraps_cache_and_centres(tmp_path):
     assert isinstance(enc, CenteredEncoder) and isinstance(enc.base, CachedEncoder)
     auto = get_text_encoder("auto", texts=["Refine search"], warehouse=wh)
     assert auto.name == "minilm" and not auto.multilingual
+
+
+def test_e5_prefixes_and_an_engine_that_owns_its_threads(e5, monkeypatch):
+    import os
+
+    from revision.text import E5Model, MemoEncoder
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    model = E5Model(threads=1)
+    passages = E5Encoder(prefix="passage", model=model)
+    queries = E5Encoder(model=model)
+    assert (passages.name, queries.name) == ("e5-passage", "e5")
+    text = "black striped cotton top"
+    p, q = passages.encode([text])[0], queries.encode([text])[0]
+    assert not np.allclose(p, q) and p @ q > 0.8  # two prefixes, one meaning
+    np.testing.assert_allclose(q, e5.encode([text])[0], atol=1e-6)  # "e5" = query prefix
+    assert model.threads == 1 and "OMP_NUM_THREADS" not in os.environ
+    assert get_text_encoder("e5-passage").name == "e5-passage"
+    with pytest.raises(ConfigError, match="valid: query, passage"):
+        E5Encoder(prefix="document")
+
+    memo = MemoEncoder(counting := CountingEncoder(), size=2)
+    first = memo.encode(["a", "b", "a"])
+    assert counting.seen == ["a", "b"] and np.allclose(first[0], first[2])
+    memo.encode(["c"])  # evicts "a", the least recently used
+    memo.encode(["b", "a"])
+    assert counting.seen == ["a", "b", "c", "a"]
+    memo.clear()
+    memo.encode(["b"])
+    assert counting.seen[-1] == "b"
+
+
+# -- the product-text vocabulary -----------------------------------------------------------------
+
+
+def test_one_vocabulary_for_mining_and_tools():
+    from revision.text.vocabulary import (
+        CARE_BY_MATERIAL,
+        DELICATE,
+        MATERIALS,
+        care_phrases,
+        care_sentences,
+        materials_in,
+    )
+
+    assert list(MATERIALS) == sorted(MATERIALS, key=lambda m: (-len(m), m))  # longest first
+    assert set(MATERIALS) >= DELICATE | {"merino", "rib-knit", "metal"}
+    assert set(CARE_BY_MATERIAL) <= set(MATERIALS)
+    assert materials_in("Top in organic cotton jersey with merino wool trims") == [
+        "organic cotton",
+        "jersey",
+        "merino wool",
+    ]
+    assert materials_in("A cotton-blend top") == []  # part of a longer word, not the fibre
+    assert care_phrases("Hand-wash only. Washing at 30°C. Do not bleach.") == [
+        "hand-wash",
+        "washing at 30°c",
+        "do not bleach",
+    ]
+    assert care_sentences("Top in linen. Machine washable. Easy-iron finish.") == [
+        "Machine washable.",
+        "Easy-iron finish.",
+    ]
+    assert care_phrases("Environmentally friendly") == []

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from revision.cli.main import app
-from revision.search._base import Query, SearchContext, Stage
+from revision.search._base import Query, SearchContext, Stage, SummaryCue
 from revision.search.engine import SearchEngine
 from revision.search.pipeline import SearchPipeline
 from revision.tables import REQUESTS, SIGNALS
@@ -41,7 +41,7 @@ from revision.tools import (
 )
 from revision.tools.builtin import answer
 from revision.tools.builtin.metadata import parse_description
-from revision.tools.builtin.text_search import text_index
+from revision.tools.builtin.text_search import build_text_index
 from revision.tools.catalog import catalog_arrays
 from revision.tools.dag import Plan, PlanStep
 from revision.tools.executor import resolve_inputs
@@ -69,7 +69,7 @@ def engine(warehouse) -> SearchEngine:
 @pytest.fixture(scope="module")
 def executor(engine) -> PlanExecutor:
     ex = PlanExecutor(SearchPipeline(engine), timeout_ms=20_000)
-    text_index(ex.catalog)  # the catalog text embeddings, once for the module
+    build_text_index(ex.catalog)  # what `revision index build` does, once for the module
     return ex
 
 
@@ -177,9 +177,9 @@ def test_every_tool_meets_the_contract(name, executor, queries):
         # through the executor: it runs, it is applied, the response carries the edits
         response = executor.search(photo, f"({index})")
         entry = response.trace[0]
-        assert entry["status"] == "ok", entry
-        assert response.applied == [index] and entry["index"] == index
-        assert set(entry) >= {"index", "name", "stage", "status", "ms", "error"}
+        assert entry.status == "ok", entry
+        assert response.applied == [index] and entry.index == index
+        assert entry.name == name and entry.ms > 0 and entry.error is None
         assert 1 <= len(response.results) <= 10
     assert changed, f"{name} changed nothing on any test query"
 
@@ -285,7 +285,7 @@ class NeedsWords(Component):
         Args:
             words: what to show.
         """
-        ctx.search.cues.append({"type": "summary", "text": words})
+        ctx.search.cues.append(SummaryCue(attribute="colour", groups=[], text=words))
 
 
 class Boom(Component):
@@ -313,7 +313,7 @@ class Sleepy(Component):
             seconds: how long to sleep.
         """
         time.sleep(seconds)
-        ctx.search.cues.append({"type": "summary", "text": f"slept {seconds}"})
+        ctx.search.cues.append(SummaryCue(attribute="colour", groups=[], text=f"slept {seconds}"))
 
 
 class Trespasser(Component):
@@ -387,7 +387,7 @@ def test_failing_and_trespassing_tools_are_dropped_and_the_baseline_kept(
     _, photo, vector = queries[0]
     base = executor.pipeline.run(_query(photo, vector))
     response = ex.run(_query(photo, vector), "(12) (14) (6)")
-    status = {e["index"]: (e["status"], e["error"]) for e in response.trace}
+    status = {e.index: (e.status, e.error) for e in response.trace}
     assert status[12] == ("failed", "RuntimeError: boom")
     assert status[14][0] == "failed" and "may not edit the candidates" in status[14][1]
     assert status[6] == ("ok", None) and response.applied == [6]
@@ -401,7 +401,7 @@ def test_overrunning_tool_times_out_and_the_response_does_not_wait(executor, que
     response = ex.run(_query(photo, vector), "(13)")  # sleeps 0.3 s, deadline 0.1 s
     elapsed = time.perf_counter() - started
     entry = response.trace[0]
-    assert entry["status"] == "timeout" and "100 ms" in entry["error"]
+    assert entry.status == "timeout" and "100 ms" in entry.error
     assert response.applied == [] and response.cues == [] and len(response.results) == 10
     assert elapsed < 0.28
 
@@ -412,9 +412,9 @@ def test_independent_tools_run_concurrently(executor, queries, test_tools):
     started = time.perf_counter()
     response = ex.run(_query(photo, vector), "(13) (15)")  # two 0.3 s sleepers, one wave
     elapsed = time.perf_counter() - started
-    assert [e["status"] for e in response.trace] == ["ok", "ok"]
+    assert [e.status for e in response.trace] == ["ok", "ok"]
     assert sorted(response.applied) == [13, 15] and len(response.cues) == 2
-    starts = [e["start_ms"] for e in response.trace]
+    starts = [e.start_ms for e in response.trace]
     assert abs(starts[0] - starts[1]) < 50 and elapsed < 0.55
 
 
@@ -423,8 +423,8 @@ def test_cheaper_plan_puts_priced_cheaper_products_on_the_page(executor, queries
     response = executor.run(_query(photo, vector), executor.dag("(2)", {2: "cheaper"}))
     added = [h for h in response.results if h.source == "price_segmentation"]
     assert response.applied == [2] and added
-    low, high = response.trace[0]["notes"]["cheaper"]["price_range"]
-    assert response.trace[0]["inputs"] == {"direction": "cheaper"}
+    low, high = response.trace[0].notes["cheaper"]["price_range"]
+    assert response.trace[0].inputs == {"direction": "cheaper"}
     for h in added:  # never an unpriced product, never above the bound
         assert h.price is not None and low <= h.price <= high
 
@@ -432,11 +432,11 @@ def test_cheaper_plan_puts_priced_cheaper_products_on_the_page(executor, queries
 def test_preference_answer_reruns_the_search_refined(executor, queries):
     _, photo, vector = queries[1]
     response = executor.run(_query(photo, vector), "(8)")
-    question = next(c for c in response.cues if c["type"] == "question")
-    assert len(question["options"]) >= 2
-    choice = question["options"][1]
+    question = next(c for c in response.cues if c.type == "question")
+    assert len(question.options) >= 2
+    choice = question.options[1]
     again = answer(executor, _query(photo, vector), question, choice)
-    attr = question["attribute"]
+    attr = question.attribute
     cat = executor.catalog
     shown = [cat.label(attr, executor.engine.row_of[h.product_id]) for h in again.results]
     assert shown and set(shown) == {choice} and again.applied == [1]
@@ -461,7 +461,7 @@ def test_plan_from_mined_signals(executor, queries):
     ]
     _, photo, vector = queries[0]
     response = executor.run(_query(photo, vector), plan)
-    inputs = {e["index"]: e["inputs"] for e in response.trace}
+    inputs = {e.index: e.inputs for e in response.trace}
     assert inputs[2] == {"direction": "cheaper", "max_price": 0.02}
     assert inputs[6]["badges"] == ["same item"] and inputs[7] == {"fields": ["care"]}
     assert inputs[1]["other"] == "index_group" and inputs[1]["same"] == ["category"]
@@ -619,7 +619,7 @@ def test_attribute_heads_read_the_raw_embedding_not_the_search_space_vector(
 ):
     """With a projection adapter the query vector lives in the index's space; the heads were
     trained on raw encoder embeddings (kept in `facts["embedding"]`)."""
-    import revision.tools.info as info
+    from revision.vision.understanding import QueryUnderstanding
 
     seen = []
 
@@ -631,10 +631,10 @@ def test_attribute_heads_read_the_raw_embedding_not_the_search_space_vector(
             seen.append(features)
             return {"colour": np.ones((1, 1))}
 
-    monkeypatch.setattr(info, "_heads", lambda engine: RecordingHeads())
     _, photo, raw = queries[0]
     projected = raw[::-1].copy()  # stands in for the adapter's projection
     query = Query(source="test", image=photo, vector=projected, facts={"embedding": raw})
-    QueryInfo(engine, catalog_arrays(engine), query).attributes()
+    understanding = QueryUnderstanding(RecordingHeads())
+    QueryInfo(engine, catalog_arrays(engine), query, understanding).attributes()
     assert len(seen) == 1
     np.testing.assert_array_equal(seen[0][0, : len(raw)], raw)

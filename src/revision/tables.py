@@ -223,6 +223,33 @@ ORDERS = _declare(
         doc="one row per order that followed a request",
     )
 )
+# What users may do after a response (follow-up events), and the values each kind carries.
+EVENT_KINDS = (
+    "sort_price",  # value: asc | desc
+    "filter_colour",  # value: a colour
+    "filter_department",  # value: an audience (index group)
+    "filter_category",  # value: a product type
+    "open_details",  # value: material | care | size
+    "text_query",  # value: free text (untrusted)
+    "reupload",  # value: empty
+    "question_answer",  # value: the option chosen
+    "leave",  # value: empty
+)
+EVENTS = _declare(
+    Table(
+        "logs/events",
+        _schema(
+            ("request_id", pa.string(), False),
+            ("user_id", pa.string(), False),
+            ("ts", TS, False),
+            ("kind", pa.string(), False),  # one of EVENT_KINDS
+            ("value", pa.string()),
+        ),
+        partitions=("dt",),
+        writers=_LOG_WRITERS,
+        doc="what users did after a response: sorted, filtered, typed, re-uploaded, left",
+    )
+)
 NO_CLICK = _declare(
     Table(
         "logs/no_click",
@@ -423,5 +450,22 @@ TRUTH = _declare(
         writers=frozenset({"sim"}),
         readers=frozenset({"eval", "cli", "pipeline"}),
         doc="each simulated request's hidden intent: for evaluation only",
+    )
+)
+USER_TRUTH = _declare(
+    Table(
+        "sim/users",
+        _schema(
+            ("user_id", pa.string(), False),
+            ("price_sensitivity", pa.float64()),
+            ("patience", pa.float64()),
+            ("home_group", pa.string()),  # the audience the user shops for, if the world has them
+            ("intents", pa.list_(pa.string())),  # the world's intents, in `habits` order
+            ("habits", pa.list_(pa.float64())),  # per-intent factors on the priors
+        ),
+        partitions=("seed",),
+        writers=frozenset({"sim"}),
+        readers=frozenset({"eval", "cli", "pipeline"}),
+        doc="each simulated user's hidden traits: for evaluation only (the Bayes bound)",
     )
 )

@@ -1,4 +1,4 @@
-"""`revision index …`: embed the catalog and build the FAISS indexes."""
+"""`revision index …`: embed the catalog and build the FAISS indexes and the text index."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import typer
 
 from revision.cli._common import JsonOpt, WarehouseOpt, console, open_warehouse, print_json
 
-app = typer.Typer(help="Build the vector index over catalog photos.", no_args_is_help=True)
+app = typer.Typer(
+    help="Build the vector index over catalog photos and the catalog text index.",
+    no_args_is_help=True,
+)
 
 
 @app.command("build")
@@ -16,18 +19,33 @@ def build(
     m: Annotated[int, typer.Option(help="HNSW neighbours per node.")] = 32,
     ef_construction: Annotated[int, typer.Option(help="HNSW build beam width.")] = 200,
     ef_search: Annotated[int, typer.Option(help="HNSW search beam width.")] = 128,
+    text: Annotated[
+        bool,
+        typer.Option(
+            "--text/--no-text",
+            help="Also embed the catalog's text for the text-search tool (resumable).",
+        ),
+    ] = True,
     warehouse: WarehouseOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Embed every catalog photo (cached by content hash) and build HNSW and exact indexes.
+    """Embed every catalog photo (cached by content hash), build HNSW and exact indexes, and
+    embed the catalog's text for the text-search tool.
+
+    Every step is cached as it goes: a killed build continues where it stopped. Tools never
+    build these inside a request; a missing one is an error naming this command.
 
     Example: revision index build --json
     """
-    from revision.search.engine import build_index
+    from revision.search.engine import SearchEngine, build_index
 
-    summary = build_index(
-        open_warehouse(warehouse), m=m, ef_construction=ef_construction, ef_search=ef_search
-    )
+    wh = open_warehouse(warehouse)
+    summary = build_index(wh, m=m, ef_construction=ef_construction, ef_search=ef_search)
+    if text:
+        from revision.tools.builtin.text_search import build_text_index
+        from revision.tools.catalog import catalog_arrays
+
+        summary["text_index"] = build_text_index(catalog_arrays(SearchEngine.open(wh))).stats
     if json:
         print_json(summary)
         return
@@ -35,6 +53,12 @@ def build(
         f"indexed {summary['products']} products (embedding {summary['embed_s']} s, "
         f"HNSW {summary['hnsw_build_s']} s, exact {summary['flat_build_s']} s)"
     )
+    if text:
+        t = summary["text_index"]
+        console.print(
+            f"text index: {t['passages']} passages, {t['embedded']} embedded now, "
+            f"{t['reused']} from the cache ({t['encoder']}, {t['build_s']} s)"
+        )
     for fail in summary["failed"][:10]:
         console.print(f"  [yellow]skipped[/] {fail['error']}")
 

@@ -45,8 +45,9 @@ def search(
     """Search the catalog with photos; one JSON object per line per query with --json.
 
     With --plan, the plan's tools run alongside the search and the JSON adds "applied" (the
-    tools that ran), "cues" (labels, summaries, metadata, questions) and "trace". A photo that
-    cannot be read is reported on stderr and the others still run.
+    tools that ran), "cues" (labels, summaries, metadata, questions) and "trace". An input that
+    fails (a photo that cannot be read, or any other error) is reported on stderr and the
+    others still run; the exit code is then 1 (2 when every input failed).
 
     Example: revision search photo.jpg other.jpg --top-k 5 --json
              revision search photo.jpg --plan "(2) (6)" --info "2=cheaper" --json
@@ -77,9 +78,10 @@ def search(
     for image in images:
         try:
             response = run(image, top_k=top_k)
-        except InputError as exc:
+        except Exception as exc:  # one bad input never costs the others their answers
             failed += 1
-            console.print(f"[red]error:[/] {exc}")
+            reason = str(exc) if isinstance(exc, InputError) else f"{image}: {_describe(exc)}"
+            console.print(f"error: {reason}", markup=False, highlight=False, soft_wrap=True)
             continue
         if json:
             print_json(response.as_dict(extended=plan is not None))
@@ -97,13 +99,16 @@ def search(
             )
         if plan is not None:
             for cue in response.cues:
-                if cue.get("type") in ("summary", "question"):
-                    console.print(
-                        f"  {cue['type']}: {cue.get('text')}", markup=False, highlight=False
-                    )
-            ran = ", ".join(
-                f"({t['index']}) {t['status']} {t['ms']:.1f} ms" for t in response.trace
-            )
+                if cue.type in ("summary", "question"):
+                    console.print(f"  {cue.type}: {cue.text}", markup=False, highlight=False)
+            ran = ", ".join(f"({t.index}) {t.status} {t.ms:.1f} ms" for t in response.trace)
             console.print(f"  tools: {ran}", highlight=False)
-    if failed:
+    if plan is not None:
+        executor.close()
+    if failed:  # 1: some inputs failed, the rest were answered; 2: every input failed
         raise typer.Exit(1 if failed < len(images) else 2)
+
+
+def _describe(exc: Exception) -> str:
+    """An unexpected failure as one line: its type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -27,10 +27,16 @@ def train_attributes(
 
     Example: revision vision train-attributes --augment 2000 --json
     """
+    from revision.search.engine import SearchEngine
     from revision.vision.training import train_attributes as train
 
+    wh = open_warehouse(warehouse)
+    engine = SearchEngine.open(wh)  # the catalog photos' raw embeddings, aligned to the index
     report = train(
-        open_warehouse(warehouse),
+        wh,
+        engine.products.loc[engine.index.ids_],
+        engine.raw_vectors,
+        engine.encode,
         augment=augment,
         eval_queries=eval_queries,
         epochs=epochs,
@@ -63,18 +69,11 @@ def attributes(
 
     Example: revision vision attributes photo.jpg --json
     """
-    from revision.search.engine import SearchEngine
-    from revision.vision.attributes import AttributeHeads
-    from revision.vision.encoder import get_image_encoder
-    from revision.vision.images import load_image
-    from revision.vision.training import heads_path, photo_features
+    from revision.vision.understanding import QueryUnderstanding
 
-    wh = open_warehouse(warehouse)
-    heads = AttributeHeads.load(heads_path(wh))
-    engine = SearchEngine.open(wh)
-    hist = get_image_encoder("colour-hist")
+    understanding = QueryUnderstanding.for_warehouse(open_warehouse(warehouse), require_heads=True)
     for path in images:
-        prediction = heads.predict(photo_features(engine, hist, load_image(path)))[0]
+        prediction = understanding.photo(path).reading().as_dict()
         out = {
             "image": path,
             **{a: {"label": lab, "p": round(p, 4)} for a, (lab, p) in prediction.items()},

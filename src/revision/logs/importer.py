@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import pyarrow.parquet as pq
 from revision.errors import InputError
 from revision.tables import (
     CLICKS,
+    EVENT_KINDS,
+    EVENTS,
     IMPRESSIONS,
     LOG_REJECTS,
     ORDERS,
@@ -36,14 +39,23 @@ from revision.tables import (
 )
 from revision.warehouse import Warehouse
 
-TABLES = {"requests": REQUESTS, "impressions": IMPRESSIONS, "clicks": CLICKS, "orders": ORDERS}
-ORDER = (REQUESTS, IMPRESSIONS, CLICKS, ORDERS)  # requests first: impressions look up their day
+TABLES = {
+    "requests": REQUESTS,
+    "impressions": IMPRESSIONS,
+    "clicks": CLICKS,
+    "orders": ORDERS,
+    "events": EVENTS,
+}
+# requests first: impressions look up their day, events their request's time
+ORDER = (REQUESTS, IMPRESSIONS, CLICKS, ORDERS, EVENTS)
 KEYS: dict[str, tuple[str, ...]] = {
     REQUESTS: ("request_id",),
     IMPRESSIONS: ("request_id", "rank"),
     CLICKS: ("request_id", "product_id", "ts"),
     ORDERS: ("request_id", "product_id", "ts"),
+    EVENTS: ("request_id", "ts", "kind", "value"),
 }
+MAX_EVENT_VALUE = 500  # characters: a text query longer than this is not a query
 PRODUCT_TABLES = (IMPRESSIONS, CLICKS, ORDERS)
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 EPOCH_MS_ABOVE = 1e11  # an epoch number at or above this is milliseconds, below it seconds
@@ -123,6 +135,24 @@ def _non_negative(value: Any) -> float:
     return value
 
 
+def _kind(value: Any) -> str:
+    kind = _string(value)
+    if kind not in EVENT_KINDS:
+        raise _Bad(f"unknown event kind {kind!r}; valid: {', '.join(EVENT_KINDS)}"[:200])
+    return kind
+
+
+def _event_value(value: Any) -> str:
+    """Free text from users: bounded, printable (no control characters)."""
+    text = _string(value)
+    if len(text) > MAX_EVENT_VALUE:
+        raise _Bad(f"value of {len(text)} characters (at most {MAX_EVENT_VALUE})")
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co")), None)
+    if bad is not None:
+        raise _Bad(f"value holds the control character U+{ord(bad):04X}")
+    return text
+
+
 def _rank(value: Any) -> int:
     number = _number(value)
     if not number.is_integer():
@@ -194,6 +224,8 @@ def _fields(table: Table, assume_utc: bool) -> dict[str, tuple[bool, Callable]]:
             check = _rank
         elif f.name in ("price", "dwell_s"):
             check = _non_negative
+        elif table == EVENTS and f.name in ("kind", "value"):
+            check = _kind if f.name == "kind" else _event_value
         elif pa.types.is_floating(f.type):
             check = _number
         else:
@@ -277,6 +309,8 @@ def detect_table(path: Path) -> Table:
         if len(hits) == 1:
             return hits[0]
     cols = _first_columns(path)
+    if "kind" in cols:
+        return EVENTS
     if "image" in cols or "user_id" in cols:
         return REQUESTS
     if "rank" in cols:
@@ -287,7 +321,7 @@ def detect_table(path: Path) -> Table:
         return CLICKS
     raise InputError(
         f"{path}: cannot tell which table this file holds (columns: {', '.join(sorted(cols))}); "
-        "name it after the table (requests, impressions, clicks, orders) or pass --table"
+        "name it after the table (requests, impressions, clicks, orders, events) or pass --table"
     )
 
 
@@ -384,6 +418,8 @@ def import_logs(
                 request_days.setdefault(rid, day)
         if tbl in PRODUCT_TABLES:
             new = _check_references(tbl, new, products, unknown_products, request_days, reject)
+        if tbl == EVENTS:
+            new = _check_events(new, _request_times(warehouse, rows[REQUESTS]), reject)
         written, present, days = _merge_write(warehouse, tbl, new, reject)
         report.imported[tbl] = written
         report.already_present[tbl] = present
@@ -505,6 +541,39 @@ def _check_references(tbl, new, products, unknown_products, request_days, reject
                 "kept",
             )
         keep.append(ok)
+    return new.filter(pa.array(keep, pa.bool_()))
+
+
+def _request_times(warehouse: Warehouse, fresh: _Rows) -> dict[str, int]:
+    """Request id -> epoch ms: the warehouse's requests, then this import's."""
+    out: dict[str, int] = {}
+    if warehouse.exists(REQUESTS):
+        t = warehouse.read(REQUESTS, columns=["request_id", "ts"])
+        ms = pc.cast(t["ts"], pa.int64()).to_pylist()
+        out.update(zip(t["request_id"].to_pylist(), ms, strict=True))
+    for rid, ts in zip(
+        fresh.columns.get("request_id", []), fresh.columns.get("ts", []), strict=True
+    ):
+        out.setdefault(rid, ts)
+    return out
+
+
+def _check_events(new: pa.Table, request_ts: dict[str, int], reject) -> pa.Table:
+    """An event needs its request (earlier or in this import) and cannot precede it."""
+    keep = []
+    for rid, ts, src, line in zip(
+        new["request_id"].to_pylist(),
+        pc.cast(new["ts"], pa.int64()).to_pylist(),
+        new["_source"].to_pylist(),
+        new["_line"].to_pylist(),
+        strict=True,
+    ):
+        asked = request_ts.get(rid)
+        if asked is None:
+            reject(src, line, EVENTS, "request_id", f"unknown request {rid!r}; skipped")
+        elif ts < asked:
+            reject(src, line, EVENTS, "ts", f"event {(asked - ts) / 1000:g} s before its request")
+        keep.append(asked is not None and ts >= asked)
     return new.filter(pa.array(keep, pa.bool_()))
 
 

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from revision.errors import InputError
+from revision.logs.context import RequestContext
 
 K = 12  # result products per query, as in the paper (§IV-A(a))
-MAX_SIGNALS = 5
+MAX_SIGNALS = 3  # per request: a plan built from more runs too many tools
 
 # The canonical action texts of the embedded analyst. The clustering stage's shipped ontology
 # is built around them: change one only together with `clustering/default_ontology.yaml`.
@@ -63,6 +64,7 @@ class MiningInput:
     image: str  # path of the query photo
     image_hash: str | None = None  # sha256 of its bytes when the log has it
     results: tuple[Product, ...] = ()
+    context: RequestContext | None = None  # history, session, follow-ups, outcomes
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,13 @@ class Analyst:
 
     def analyse_one(self, item: MiningInput) -> Analysis:
         raise NotImplementedError
+
+    def prepare(self, inputs: Callable[[], list[MiningInput]], folder) -> dict[str, Any]:
+        """One-time work over a whole run before its batches (e.g. fitting a calibration),
+        saved under `folder` so that a resumed run and every worker reuse it; `inputs()`
+        assembles the run's inputs when needed. Returns the options a worker's copy of the
+        analyst needs to find that work (default: nothing to do)."""
+        return {}
 
     def stats(self) -> dict[str, Any]:
         """Counters worth reporting after a run (tokens, cache hits, …)."""

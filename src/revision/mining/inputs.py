@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from revision.catalog.schema import load_products
 from revision.errors import InputError
+from revision.logs.context import build_context
 from revision.mining._base import Analysis, K, MiningInput, Product
 from revision.tables import IMPRESSIONS, REQUESTS
 from revision.warehouse import Warehouse
@@ -54,6 +55,7 @@ class InputAssembler:
         wanted = pa.array(sorted(set(request_ids)), pa.string())
         self.images = self._images(table, wanted)
         self.impressions = self._impressions(wanted)
+        self.contexts = build_context(warehouse, sorted(set(request_ids)))
         products = load_products(warehouse)
         columns = {f: products[f].tolist() for f in _PRODUCT_FIELDS if f in products.columns}
         self.products = {
@@ -116,7 +118,7 @@ class InputAssembler:
                 Product(product_id=pid, rank=rank, score=score, **self.products.get(pid, {}))
                 for rank, pid, score in rows[: self.k]
             )
-            inputs.append(MiningInput(rid, image, image_hash, results))
+            inputs.append(MiningInput(rid, image, image_hash, results, self.contexts.get(rid)))
         return inputs, failed
 
 

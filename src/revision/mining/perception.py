@@ -3,9 +3,12 @@
 Trade-off: instead of a 72B VLM, the embedded analyst sees through the attribute heads (colour,
 type, pattern, audience from [embedding, colour histogram]), optional OCR and cheap quality
 figures, plus exact statistics over the results' catalog rows. Facts are a flat dict of dotted
-names (`FACTS`) that expert rules test; every query feature is cached by photo content hash
-(the embeddings the log stage or the simulator already computed are reused, OCR is kept in the
-warehouse table `mining/ocr`), so a rerun, or a photo seen twice, costs a lookup.
+names (`FACTS`) that expert rules test. The photo is read by `revision.vision`'s
+`QueryUnderstanding`, the same object the online tools read it with; every query feature is
+cached by photo content hash (the embeddings the log stage or the simulator already computed
+are reused, OCR is kept in the warehouse table `mining/ocr`), so a rerun, or a photo seen
+twice, costs a lookup. Materials and care phrases come from the shared product-text
+vocabulary (`revision.text.vocabulary`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,12 +28,12 @@ import pyarrow as pa
 from revision.catalog.schema import load_products
 from revision.mining._base import MiningInput, describe_error
 from revision.tables import IMAGE_QUALITY, OCR
+from revision.text.vocabulary import DELICATE, care_phrases, materials_in
 from revision.vision.attributes import UNKNOWN, AttributeHeads
-from revision.vision.embeddings import EmbeddingCache
-from revision.vision.encoder import get_image_encoder
-from revision.vision.images import content_hash, load_image
+from revision.vision.encoder import ImageEncoder
+from revision.vision.images import content_hash
 from revision.vision.quality import QualityReport, QualityThresholds, measure, reasons
-from revision.vision.training import heads_path
+from revision.vision.understanding import HeadReading, Photo, QueryUnderstanding
 from revision.warehouse import Warehouse
 
 ATTRS = ("colour", "category", "pattern", "index_group")
@@ -116,54 +119,6 @@ for _attr in ATTRS:
         f"the query's {_attr} is confident and differs from results.{_attr}_top",
     )
 
-# Longest names first so "imitation leather" wins over "leather".
-MATERIALS = (
-    "sweatshirt fabric",
-    "imitation leather",
-    "imitation suede",
-    "recycled polyester",
-    "organic cotton",
-    "faux fur",
-    "cashmere",
-    "corduroy",
-    "polyamide",
-    "polyester",
-    "elastane",
-    "viscose",
-    "chiffon",
-    "lyocell",
-    "leather",
-    "merino",
-    "mohair",
-    "alpaca",
-    "cotton",
-    "denim",
-    "fleece",
-    "jersey",
-    "linen",
-    "velvet",
-    "satin",
-    "suede",
-    "tencel",
-    "twill",
-    "canvas",
-    "poplin",
-    "modal",
-    "nylon",
-    "crêpe",
-    "silk",
-    "wool",
-    "lace",
-    "mesh",
-)
-DELICATE = {"wool", "cashmere", "merino", "mohair", "alpaca", "silk", "leather", "suede",
-            "velvet", "satin", "chiffon", "lace", "faux fur"}  # fmt: skip
-_MATERIAL_RE = re.compile(r"\b(" + "|".join(map(re.escape, MATERIALS)) + r")\b", re.IGNORECASE)
-_CARE_RE = re.compile(
-    r"\b(machine[- ]wash\w*|hand[- ]wash\w*|dry[- ]clean\w*|tumble[- ]dr\w+|"
-    r"do not (?:iron|bleach|wash|tumble)\w*|wash(?:ing)? at \d+\s*°?c?)",
-    re.IGNORECASE,
-)
 _UNTRUSTED_TEXT = re.compile(r"[^\w\s&.,'/+-]", re.UNICODE)
 
 
@@ -210,10 +165,7 @@ class CatalogStats:
     def materials(self, product_id: str, description: str | None) -> tuple[list[str], list[str]]:
         """(materials, care phrases) named in a product description, cached per product."""
         if product_id not in self._materials:
-            text = description or ""
-            mats = list(dict.fromkeys(m.lower() for m in _MATERIAL_RE.findall(text)))
-            care = list(dict.fromkeys(c.lower() for c in _CARE_RE.findall(text)))
-            self._materials[product_id] = (mats, care)
+            self._materials[product_id] = (materials_in(description), care_phrases(description))
         return self._materials[product_id]
 
 
@@ -224,11 +176,11 @@ def _quantiles(prices: np.ndarray) -> tuple[float, ...] | None:
 
 
 class OcrCache:
-    """OCR text per photo hash, kept in the warehouse table `mining/ocr` (one file per add)."""
+    """OCR text per photo hash, kept in the warehouse table `mining/ocr` (one file per add):
+    the `OcrStore` mining hands to `QueryUnderstanding`."""
 
-    def __init__(self, warehouse: Warehouse, side: int = 640):
+    def __init__(self, warehouse: Warehouse):
         self.warehouse = warehouse
-        self.side = side
         self.text: dict[str, str] = {}
         self._lock = threading.Lock()
         if warehouse.exists(OCR):
@@ -241,26 +193,19 @@ class OcrCache:
                 )
             )
 
-    def read(self, items: Sequence[tuple[str, Any]]) -> dict[str, str]:
-        """Text for (hash, image) pairs; photos not cached are read, downscaled, and cached."""
-        from revision.vision.ocr import OcrReader
+    def get(self, key: str) -> str | None:
+        return self.text.get(key)
 
-        new = {}
-        for key, image in items:
-            if key in self.text or key in new:
-                continue
-            small = image.copy()
-            small.thumbnail((self.side, self.side))  # OCR cost grows with pixels
-            new[key] = OcrReader().text(small).replace("\n", " ")
-        if new:
-            with self._lock:
-                self.warehouse.write(
-                    OCR,
-                    pa.table({"image_hash": list(new), "text": list(new.values())}),
-                    file=f"part-{uuid.uuid4().hex}.parquet",
-                )
-                self.text.update(new)
-        return {key: self.text.get(key, "") for key, _ in items}
+    def put(self, texts: Mapping[str, str]) -> None:
+        if not texts:
+            return
+        with self._lock:
+            self.warehouse.write(
+                OCR,
+                pa.table({"image_hash": list(texts), "text": list(texts.values())}),
+                file=f"part-{uuid.uuid4().hex}.parquet",
+            )
+            self.text.update(texts)
 
 
 class Perception:
@@ -275,21 +220,28 @@ class Perception:
         heads: AttributeHeads | None = None,
     ):
         self.warehouse = warehouse
-        self.heads = heads or AttributeHeads.load(heads_path(warehouse))
-        self.encoder = get_image_encoder()
-        self.hist_encoder = get_image_encoder("colour-hist")
-        root = ("cache", "image_embeddings")
-        self.cache = EmbeddingCache(
-            warehouse.artifact_dir(*root, self.encoder.name), self.encoder.dim
+        self.ocr = OcrCache(warehouse) if ocr else None
+        # the heads are required (a missing file is a clear error) and fixed for the run
+        self.understanding = QueryUnderstanding.for_warehouse(
+            warehouse,
+            heads=heads,
+            require_heads=True,
+            cached=True,
+            ocr_side=ocr_side,
+            ocr_store=self.ocr,
         )
-        self.hist_cache = EmbeddingCache(
-            warehouse.artifact_dir(*root, self.hist_encoder.name), self.hist_encoder.dim
-        )
+        self.heads = self.understanding.require_heads()
         self.catalog = CatalogStats(load_products(warehouse))
-        self.ocr = OcrCache(warehouse, ocr_side) if ocr else None
         self.quality = self._quality_cache()
         self.thresholds = QualityThresholds()
-        self._lock = threading.Lock()
+
+    @property
+    def encoder(self) -> ImageEncoder:
+        return self.understanding.encoder
+
+    @property
+    def hist_encoder(self) -> ImageEncoder:
+        return self.understanding.hist_encoder
 
     def _quality_cache(self) -> dict[str, QualityReport]:
         """Quality figures the log stage measured (logs/image_quality), by hash or path."""
@@ -318,101 +270,74 @@ class Perception:
         return out
 
     def query_facts(self, batch: Sequence[MiningInput]) -> list[dict[str, Any] | str]:
-        keys: list[str | None] = []
-        images: dict[int, Any] = {}
         errors: dict[int, str] = {}
-
-        def image(i: int):
-            if i not in images:
-                images[i] = load_image(batch[i].image)
-            return images[i]
-
+        photos: dict[int, Photo] = {}
         for i, item in enumerate(batch):
             try:
-                keys.append(item.image_hash or content_hash(item.image))
+                key = item.image_hash or content_hash(item.image)
             except Exception as exc:
                 errors[i] = describe_error(exc)
-                keys.append(None)
-        for cache, encoder in ((self.cache, self.encoder), (self.hist_cache, self.hist_encoder)):
-            todo, vectors = [], []
-            for i, key in enumerate(keys):
-                if i in errors or key in cache or key in todo:
-                    continue
-                try:
-                    vectors.append(encoder.encode([image(i)])[0])
-                    todo.append(key)
-                except Exception as exc:
-                    errors[i] = describe_error(exc)
-            if todo:
-                with self._lock:
-                    cache.add(todo, np.stack(vectors))
+                continue
+            photos[i] = self.understanding.photo(item.image, key=key)
+        self.understanding.read(list(photos.values()))  # cached features, one heads call
+
+        def failed() -> None:
+            for i, photo in photos.items():
+                if photo.error is not None and i not in errors:
+                    errors[i] = describe_error(photo.error)
+
+        failed()
         good = [i for i in range(len(batch)) if i not in errors]
-        predictions: dict[int, dict[str, Any]] = {}
-        if good:
-            gk = [keys[i] for i in good]
-            x = np.hstack([self.cache.get(gk), self.hist_cache.get(gk)])
-            predictions = dict(zip(good, self._predict(x), strict=True))
         quality = {}
         for i in good:
             try:
-                quality[i] = self._quality(batch[i], keys[i], lambda i=i: image(i))
+                quality[i] = self._quality(batch[i], photos[i].key, lambda i=i: photos[i].image)
             except Exception as exc:
                 errors[i] = describe_error(exc)
-        texts = {}
+        texts: dict[int, str] = {}
         if self.ocr is not None:
-            pairs = []
-            for i in good:
-                if i in errors or keys[i] in self.ocr.text:
-                    continue
-                try:
-                    pairs.append((keys[i], image(i)))
-                except Exception as exc:
-                    errors[i] = describe_error(exc)
-            self.ocr.read(pairs)
-            texts = self.ocr.text
+            todo = [i for i in good if i not in errors]
+            for i, text in zip(
+                todo, self.understanding.read_text([photos[i] for i in todo]), strict=True
+            ):
+                texts[i] = text
+            failed()
         out: list[dict[str, Any] | str] = []
         for i in range(len(batch)):
             if i in errors:
                 out.append(errors[i])
                 continue
-            facts = predictions[i]
+            facts = self._predict(photos[i].reading())
             report = quality[i]
             facts.update(
                 {
                     "query.blur": round(report.blur, 3),
                     "query.brightness": round(report.brightness, 3),
                     "query.low_quality": bool(reasons(report, self.thresholds)),
-                    "query.text": clean_text(texts.get(keys[i])),
+                    "query.text": clean_text(texts.get(i)),
                 }
             )
             out.append(facts)
         return out
 
-    def _predict(self, x: np.ndarray) -> list[dict[str, Any]]:
-        """Query attribute facts from the heads' probabilities (rows of `x`)."""
-        probs = self.heads.predict_proba(x)
-        classes = self.heads.classes_
-        rows: list[dict[str, Any]] = [{} for _ in range(len(x))]
+    @staticmethod
+    def _predict(reading: HeadReading) -> dict[str, Any]:
+        """Query attribute facts from the heads' reading of one photo."""
+        facts: dict[str, Any] = {}
         for attr in ATTRS:
-            p = probs.get(attr)
-            for row, facts in enumerate(rows):
-                label, conf = (
-                    (UNKNOWN, 0.0)
-                    if p is None
-                    else (classes[attr][int(p[row].argmax())], float(p[row].max()))
-                )
-                facts[f"query.{attr}"] = None if label == UNKNOWN else label
-                facts[f"query.{attr}_p"] = round(conf, 4)
-        p = probs.get("pattern")
-        prints = [j for j, c in enumerate(classes.get("pattern", ())) if c not in PLAIN_PATTERNS]
-        for row, facts in enumerate(rows):
-            if p is None or not prints:
-                facts["query.print"], facts["query.print_p"] = None, 0.0
-                continue
-            best = max(prints, key=lambda j: p[row, j])
-            facts["query.print"] = classes["pattern"][best]
-            facts["query.print_p"] = round(float(p[row, prints].sum()), 4)
-        return rows
+            label, conf = reading.best(attr)
+            facts[f"query.{attr}"] = None if label == UNKNOWN else label
+            facts[f"query.{attr}_p"] = round(conf, 4)
+        p = reading.probabilities.get("pattern")
+        classes = reading.classes.get("pattern", ())
+        prints = [j for j, c in enumerate(classes) if c not in PLAIN_PATTERNS]
+        if p is None or not prints:
+            facts["query.print"], facts["query.print_p"] = None, 0.0
+        else:
+            best = max(prints, key=lambda j: p[j])
+            facts["query.print"] = classes[best]
+            facts["query.print_p"] = round(float(p[prints].sum()), 4)
+        return facts
 
     def _quality(self, item: MiningInput, key: str, image) -> QualityReport:
         cached = self.quality.get(key) or self.quality.get(item.image)

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from revision.errors import MissingExtraError
+from revision.logs.context import RequestContext
 from revision.mining._base import Analysis, MiningInput, Product, get_analyst
 from revision.progress import progress
 from revision.settings import get_settings
@@ -39,11 +40,20 @@ def decode_batch(payload: str) -> tuple[list[MiningInput], list[Analysis]]:
             image=x["image"],
             image_hash=x["image_hash"],
             results=tuple(Product(**p) for p in x["results"]),
+            context=_context(x.get("context")),
         )
         for x in data["inputs"]
     ]
     failed = [Analysis.failed(rid, stage, error) for rid, stage, error in data["failed"]]
     return inputs, failed
+
+
+def _context(data: dict | None) -> RequestContext | None:
+    if data is None:
+        return None
+    data = dict(data)
+    data["events"] = [tuple(e) for e in data.get("events", [])]
+    return RequestContext(**data)
 
 
 class BatchWorker:

@@ -32,10 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from revision.config import parse_yaml
 from revision.errors import ConfigError
+from revision.mining import evidence, perception
 from revision.mining._base import MAX_SIGNALS, Signal
-from revision.mining.perception import FACTS
 
 DEFAULT_RULES = "default_rules.yaml"
+# The facts a rule may name: perception's (the photo and its results) and the evidence's
+# (follow-ups, the user's history and session, outcomes).
+FACTS: dict[str, tuple[str, str]] = {**perception.FACTS, **evidence.FACTS}
 NUMERIC_OPS = ("<", "<=", ">", ">=")
 Op = Literal["<", "<=", ">", ">=", "==", "!=", "in", "not in", "exists", "missing"]
 # {fact}, {fact|lower}, {fact:.3g}: the only template syntax (no attribute or index access).
@@ -138,6 +141,12 @@ class Rule(BaseModel):
             raise ValueError(f"scale_by needs a numeric fact, {name} is {FACTS[name][0]}")
         return name
 
+    @property
+    def evidence(self) -> bool:
+        """An evidence rule reads a follow-up (`events.*`): when it fires, the user said what
+        they wanted, and its action settles the request's intent."""
+        return any(c.fact.startswith("events.") for c in (*self.when, *self.any))
+
     def fire(self, facts: dict[str, Any]) -> Signal | None:
         if not all(c.holds(facts) for c in self.when):
             return None
@@ -187,11 +196,11 @@ class RuleSet(BaseModel):
             seen.add(rule.name)
         return self
 
-    def apply(self, facts: dict[str, Any]) -> list[tuple[Rule, Signal]]:
+    def apply(self, facts: dict[str, Any], limit: int | None = -1) -> list[tuple[Rule, Signal]]:
         """Fired rules with their signals, by confidence (ties: file order), at most
-        `max_signals`. One signal per action, or per action and info key where the info is
-        `key: value` (a colour and a pattern refinement are two signals, two cheaper price
-        bounds are one)."""
+        `max_signals` (or `limit`; None: all). One signal per action, or per action and info
+        key where the info is `key: value` (a colour and a pattern refinement are two signals,
+        two cheaper price bounds are one)."""
         fired = []
         for order, rule in enumerate(self.rules):
             signal = rule.fire(facts)
@@ -204,7 +213,9 @@ class RuleSet(BaseModel):
             if key not in seen:
                 seen.add(key)
                 out.append((rule, signal))
-        return out[: self.max_signals]
+        if limit is None:
+            return out
+        return out[: self.max_signals if limit == -1 else limit]
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ RUNS = ("mining", "runs")
 ENGINES = ("local", "ray")
 SECRET_OPTIONS = ("api_key",)
 
+
 @dataclass
 class RunSummary:
     run: str
@@ -298,18 +299,20 @@ def run_mining(
         skipped_batches=len(done),
     )
     if pending:
-        todo = sorted({rid for i in pending for rid in batches[i]})
-        assembler = InputAssembler(warehouse, input, todo)
+        assembler = InputAssembler(warehouse, input, plan)
+        analyst = analyst or get_analyst(backend, warehouse, **options)
+        worker_options = {
+            **options,
+            **analyst.prepare(lambda: assembler.build(plan)[0], state.folder / "prepared"),
+        }
         jobs = ((i, *assembler.build(batches[i])) for i in pending)
         if engine == "ray":
             from revision.mining.ray_engine import run_batches_ray
 
             results = run_batches_ray(
-                warehouse, state, jobs, len(pending), backend, options, workers=workers
+                warehouse, state, jobs, len(pending), backend, worker_options, workers=workers
             )
-            analyst_stats: dict[str, Any] = {}
         else:
-            analyst = analyst or get_analyst(backend, warehouse, **options)
             results = _run_local(warehouse, state, jobs, len(pending), analyst, backend)
         try:
             for index, counts in results:
@@ -319,10 +322,8 @@ def run_mining(
                 if on_batch is not None:
                     on_batch(index)
         finally:
-            if engine == "local":
-                analyst_stats = analyst.stats()
-                analyst.close()
-        summary.stats = analyst_stats
+            summary.stats = analyst.stats()
+            analyst.close()
     summary.elapsed_s = round(time.perf_counter() - started, 3)
     mined = summary.analysed + summary.errors
     if mined and summary.elapsed_s > 0:

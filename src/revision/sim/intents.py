@@ -307,6 +307,13 @@ class CatalogFacts:
         group = value(row, "index_group") if self.params.price_same_index_group else None
         return (value(row, "category"), group)
 
+    def group_counts(self) -> dict[str, int]:
+        """Products per audience (index group): where users' home audiences come from."""
+        counts: Counter = Counter()
+        for groups in self.cat_groups_.values():
+            counts.update(groups)
+        return dict(counts)
+
     def price_tier(self, row: Row) -> str:
         price = value(row, "price")
         if price is None:

@@ -43,6 +43,7 @@ from revision.errors import InputError
 from revision.progress import progress
 from revision.search._base import Searcher, SearchRequest
 from revision.sim.behaviour import NORMALS, UNIFORMS, UserBehaviour
+from revision.sim.followups import DRAWS, FollowupModel
 from revision.sim.intents import (
     INFO,
     INFO_FIELDS,
@@ -56,7 +57,16 @@ from revision.sim.intents import (
 )
 from revision.sim.photos import PhotoPool, build_pool
 from revision.sim.world import PHOTO_KINDS, World
-from revision.tables import CLICKS, IMAGE_HASHES, IMPRESSIONS, ORDERS, REQUESTS, TRUTH
+from revision.tables import (
+    CLICKS,
+    EVENTS,
+    IMAGE_HASHES,
+    IMPRESSIONS,
+    ORDERS,
+    REQUESTS,
+    TRUTH,
+    USER_TRUTH,
+)
 from revision.vision.embeddings import ImageEmbedder
 from revision.vision.query_photos import LOW_QUALITY_KINDS
 from revision.warehouse import Warehouse
@@ -75,23 +85,43 @@ class UserPopulation:
     price_sensitivity: np.ndarray
     patience: np.ndarray
     activity: np.ndarray
+    habits: np.ndarray | None = None  # (users, intents) factors on the intent priors
+    home: list[str | None] | None = None  # the audience each user shops for
 
 
 def _short_id(*parts) -> str:
     return hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=6).hexdigest()
 
 
-def make_users(world: World, n: int, seed: int) -> UserPopulation:
-    """`n` human users with seeded profiles (ids look the same as bots' ids)."""
+def make_users(
+    world: World, n: int, seed: int, intents: list[str] | None = None, groups=None
+) -> UserPopulation:
+    """`n` human users with seeded profiles (ids look the same as bots' ids). Habits (one
+    factor per user and intent in `intents`) and home audiences (weights by index group,
+    `groups`: the catalog's counts) come from their own random streams, so a world without
+    them draws the same users as before."""
     spec = world.users
     rng = np.random.default_rng([seed, 11])
     act = np.exp(spec.activity.sigma * rng.standard_normal(n))
-    return UserPopulation(
+    population = UserPopulation(
         ids=[f"u{_short_id(seed, 'user', i)}" for i in range(n)],
         price_sensitivity=rng.beta(spec.price_sensitivity.a, spec.price_sensitivity.b, n),
         patience=spec.patience.median * np.exp(spec.patience.sigma * rng.standard_normal(n)),
         activity=np.minimum(act, spec.activity.cap),
     )
+    if spec.habits.shape is not None and intents:
+        shape = spec.habits.shape
+        population.habits = np.random.default_rng([seed, 12]).gamma(
+            shape, 1.0 / shape, (n, len(intents))
+        )
+    if spec.home_groups is not None:
+        weights = dict(spec.home_groups.weights or groups or {})
+        names = sorted(g for g, w in weights.items() if w > 0)
+        if names:
+            w = np.array([weights[g] for g in names], dtype=float)
+            picks = np.random.default_rng([seed, 13]).choice(len(names), size=n, p=w / w.sum())
+            population.home = [names[i] for i in picks]
+    return population
 
 
 def day_counts(world: World, requests: int, start: date, days: int) -> list[int]:
@@ -117,6 +147,37 @@ def _parse_start(start_date) -> date:
         return date.fromisoformat(str(start_date))
     except ValueError:
         raise InputError(f"--start-date {start_date!r}: expected YYYY-MM-DD") from None
+
+
+def _product_factor(world: World, facts: CatalogFacts, spec, row: dict) -> float:
+    m = spec.multipliers
+    cat = value(row, "category")
+    f = m.category.get(cat, 1.0) if cat is not None else 1.0
+    for group, cats in world.catalog.category_groups.items():
+        if cat in cats:
+            f *= m.group.get(group, 1.0)
+    for key in ("colour", "pattern", "department", "index_group"):
+        v = value(row, key)
+        if v is not None:
+            f *= getattr(m, key).get(v, 1.0)
+    return f * m.price_tier.get(facts.price_tier(row), 1.0)
+
+
+def intent_priors(world: World, rows, facts: CatalogFacts, product_ids) -> np.ndarray:
+    """(products, photo kinds, intents) relative weights of each hidden intent for a photo of
+    a product: the world's prior times its multipliers, zero where no product could serve the
+    intent. Intents in `world.intents.enabled()` order, photo kinds in `PHOTO_KINDS` order."""
+    enabled = world.intents.enabled()
+    base = np.zeros((len(product_ids), len(PHOTO_KINDS), len(enabled)))
+    for p, pid in enumerate(product_ids):
+        row = rows[pid]
+        for i, (name, spec) in enumerate(enabled.items()):
+            if spec.prior <= 0 or not facts.eligible(name, row):
+                continue
+            prior = spec.prior * _product_factor(world, facts, spec, row)
+            for k, kind in enumerate(PHOTO_KINDS):
+                base[p, k, i] = prior * spec.multipliers.photo.get(kind, 1.0)
+    return base
 
 
 def indexed_rows(warehouse: Warehouse) -> dict[str, dict]:
@@ -162,41 +223,24 @@ class _Simulation:
         self.specs = [world.intents.enabled()[i] for i in self.intents]
         purchase = {n: s.purchase_p for n, s in zip(self.intents, self.specs, strict=True)}
         self.behaviour = UserBehaviour(world, self.rows, self.params, purchase)
+        self.followups = FollowupModel(world, self.rows, self.facts)
         self._catalog_hashes: dict[str, str] | None = None
         self._prepare_priors()
 
     # -- priors ---------------------------------------------------------------------------------
-    def _product_factor(self, spec, row: dict) -> float:
-        m = spec.multipliers
-        cat = value(row, "category")
-        f = m.category.get(cat, 1.0) if cat is not None else 1.0
-        for group, cats in self.world.catalog.category_groups.items():
-            if cat in cats:
-                f *= m.group.get(group, 1.0)
-        for key in ("colour", "pattern", "department", "index_group"):
-            v = value(row, key)
-            if v is not None:
-                f *= getattr(m, key).get(v, 1.0)
-        return f * m.price_tier.get(self.facts.price_tier(row), 1.0)
-
     def _prepare_priors(self) -> None:
         pool = self.pool
         self.product_index = {pid: i for i, pid in enumerate(pool.products)}
         kinds = {k: i for i, k in enumerate(PHOTO_KINDS)}
-        base = np.zeros((len(pool.products), len(PHOTO_KINDS), len(self.intents)))
+        self.base = intent_priors(self.world, self.rows, self.facts, pool.products)
         self.options: dict[str, dict[str, tuple[list[str], np.ndarray]]] = defaultdict(dict)
-        for p, pid in enumerate(pool.products):
+        for pid in pool.products:
             row = self.rows[pid]
-            for i, (name, spec) in enumerate(zip(self.intents, self.specs, strict=True)):
-                if spec.prior <= 0 or not self.facts.eligible(name, row):
-                    continue
-                prior = spec.prior * self._product_factor(spec, row)
-                for kind, k in kinds.items():
-                    base[p, k, i] = prior * spec.multipliers.photo.get(kind, 1.0)
-                if name in (OTHER_DEPARTMENT, PREFERENCE):
+            for name in (OTHER_DEPARTMENT, PREFERENCE):
+                if name in self.intents and self.facts.eligible(name, row):
                     values, weights = self.facts.preferred_options(name, row)
                     self.options[name][pid] = (values, np.cumsum(weights) / sum(weights))
-        self.base = base
+        base = self.base
         self.sens = np.array([s.price_sensitivity for s in self.specs])
         photo_kind = np.array([kinds[k] for k in pool.kinds])
         photo_product = np.array([self.product_index[p] for p in pool.product_ids])
@@ -297,6 +341,19 @@ class _Simulation:
         prior = self.base[prod, kind]
         s = users.price_sensitivity[who]
         scaled = prior * np.clip(1 + self.sens[None, :] * (2 * s[:, None] - 1), 0, None)
+        if users.habits is not None:
+            scaled = scaled * users.habits[who]
+        home = None
+        if users.home is not None and OTHER_DEPARTMENT in self.intents:
+            home = [users.home[w] for w in who]
+            away = np.array(
+                [
+                    h != value(self.rows[self.pool.product_ids[j]], "index_group")
+                    for h, j in zip(home, photos, strict=True)
+                ]
+            )
+            col = self.intents.index(OTHER_DEPARTMENT)
+            scaled[:, col] *= np.where(away, self.world.users.home_groups.boost, 1.0)
         zero = scaled.sum(axis=1) <= 0
         scaled[zero] = prior[zero]
         cdf = np.cumsum(scaled, axis=1)
@@ -306,7 +363,13 @@ class _Simulation:
             intent = self.intents[min(int(pick[r]), len(self.intents) - 1)]
             target = self.pool.product_ids[photos[r]]
             preferred = None
-            if intent in (OTHER_DEPARTMENT, PREFERENCE):
+            if (
+                intent == OTHER_DEPARTMENT
+                and home is not None
+                and home[r] in (self.options[intent][target][0])
+            ):
+                preferred = home[r]  # they shop for their own audience
+            elif intent in (OTHER_DEPARTMENT, PREFERENCE):
                 values, cdf_v = self.options[intent][target]
                 preferred = values[min(int(np.searchsorted(cdf_v, u_pref[r])), len(values) - 1)]
             elif intent == INFO:
@@ -460,7 +523,8 @@ def simulate(
     catalog = catalog if catalog is not None else warehouse
     sim = _Simulation(world, searcher, warehouse, pool, seed, variant, memoize, catalog)
     pool_s = time.perf_counter() - started
-    population = make_users(world, users, seed)
+    population = make_users(world, users, seed, sim.intents, sim.facts.group_counts())
+    _write_users(warehouse, population, sim.intents, seed)
     bot_ids = [f"u{_short_id(seed, 'bot', i)}" for i in range(world.bots.pool)]
     all_ids = population.ids + bot_ids
     stats = _Stats(sim.intents)
@@ -499,6 +563,24 @@ def simulate(
             f"look like bots to a rate filter (raise --users)"
         )
     return summary
+
+
+def _write_users(warehouse: Warehouse, users: UserPopulation, intents: list[str], seed: int):
+    """The users' hidden traits (evaluation only: the Bayes bound of the mining benchmark)."""
+    n = len(users.ids)
+    habits = users.habits if users.habits is not None else np.ones((n, len(intents)))
+    table = pa.table(
+        {
+            "user_id": users.ids,
+            "price_sensitivity": users.price_sensitivity.astype(float),
+            "patience": users.patience.astype(float),
+            "home_group": users.home if users.home is not None else [None] * n,
+            "intents": [intents] * n,
+            "habits": habits.astype(float).tolist(),
+        },
+        schema=USER_TRUTH.schema,
+    )
+    warehouse.write(USER_TRUTH, table, {"seed": str(seed)})
 
 
 class _Stats:
@@ -588,17 +670,20 @@ class _Stats:
 def _run_day(
     sim: _Simulation, plan: dict, dt: str, users: UserPopulation, all_ids: list[str], stats: _Stats
 ) -> dict[str, pa.Table]:
-    """Serve and play one day's plan; returns the five tables."""
+    """Serve and play one day's plan; returns the day's log tables and its truth."""
     rows = sim.rows
     n = len(plan["t"])
     rng = np.random.default_rng([sim.seed, 1, date.fromisoformat(dt).toordinal()])
     uni = rng.random((n, UNIFORMS))
     nrm = rng.standard_normal((n, NORMALS))
+    follow_rng = np.random.default_rng([sim.seed, 2, date.fromisoformat(dt).toordinal()])
+    fu, fz = follow_rng.random((n, DRAWS)), follow_rng.standard_normal(n)
     day_ms = int(datetime.fromisoformat(dt).replace(tzinfo=UTC).timestamp() * 1000)
     req = {k: [] for k in ("request_id", "user_id", "ts", "image", "image_hash", "relevance")}
     imp = {k: [] for k in ("request_id", "product_id", "rank", "score", "source", "tool")}
     clk = {k: [] for k in ("request_id", "product_id", "ts", "dwell_s")}
     ords = {k: [] for k in ("request_id", "product_id", "ts", "price")}
+    evs = {k: [] for k in EVENTS.names}
     tru: dict[str, list] = {k: [] for k in TRUTH.names if k != "variant"}
     for r in range(n):
         rid = _short_id(sim.seed, sim.variant, dt, r) + f"{r:06d}"
@@ -644,6 +729,19 @@ def _run_day(
                 z=nrm[r],
             )
             reaction.satisfied = whole
+            first_s = (reaction.clicks[0][1] - ts) / 1000 if reaction.clicks else None
+            no_click = first_s is None or first_s > NO_CLICK_WINDOW_S
+            preferred = plan["preferred"][r]
+            events = sim.followups.events(intent, target, preferred, no_click, fu[r], fz[r])
+            answer = _answer(cues, intent, preferred)
+            for kind, value_, delay in ([("question_answer", answer, 3.0)] if answer else []) + [
+                (e.kind, e.value, e.delay_s) for e in events
+            ]:
+                evs["request_id"].append(rid)
+                evs["user_id"].append(all_ids[user])
+                evs["ts"].append(ts + int(delay * 1000))
+                evs["kind"].append(kind)
+                evs["value"].append(value_)
         gmv = 0.0
         for pid, t_click, dwell in reaction.clicks:
             clk["request_id"].append(rid)
@@ -688,4 +786,17 @@ def _run_day(
         CLICKS: pa.Table.from_pydict(clk, schema=CLICKS.schema),
         ORDERS: pa.Table.from_pydict(ords, schema=ORDERS.schema),
         TRUTH: pa.Table.from_pydict(tru, schema=TRUTH.schema),
+        EVENTS: pa.Table.from_pydict(evs, schema=EVENTS.schema),
     }
+
+
+def _answer(cues: list, intent: str, preferred: str | None) -> str | None:
+    """The option a `preference` user taps when a question offers what they want."""
+    if intent != PREFERENCE or not preferred:
+        return None
+    for cue in cues:
+        if cue.get("type") == "question":
+            for option in cue.get("options") or ():
+                if str(option).casefold() == preferred.casefold():
+                    return str(option)
+    return None

@@ -25,6 +25,7 @@ from pydantic import (
 
 from revision.config import parse_yaml, read_config_text
 from revision.errors import ConfigError
+from revision.tables import EVENT_KINDS
 from revision.vision.query_photos import LOW_QUALITY_KINDS, SEVERITIES
 
 DEFAULT_WORLD = "default_world.yaml"
@@ -232,11 +233,31 @@ class Sessions(_Model):
     min_gap_s: Weight = 5.0
 
 
+class Habits(_Model):
+    """Users' stable leanings: each user's intent weights are the world's priors times factors
+    drawn once per user and intent from Gamma(shape, 1 / shape). The factors average 1, so the
+    population's mix is unchanged; a small shape makes strong habits (the same user keeps
+    wanting the cheaper one, or the material), a large one makes every user alike."""
+
+    shape: Positive | None = None  # None: no habits
+
+
+class HomeGroups(_Model):
+    """Who a user shops for: an audience (index group) drawn per user. A user whose photo shows
+    another audience's product wants the same type for their own audience `boost` times as
+    often (`other_department`, with their home group as the preferred value)."""
+
+    weights: dict[str, Weight] = Field(default_factory=dict)  # empty: the catalog's own shares
+    boost: Positive = 1.0  # 1: home groups change nothing
+
+
 class Users(_Model):
     price_sensitivity: BetaDist = BetaDist()
     patience: LogNormal = LogNormal(median=1.0, sigma=0.35)
     activity: Activity = Activity()
     sessions: Sessions = Sessions()
+    habits: Habits = Habits()
+    home_groups: HomeGroups | None = None  # absent: users have no home audience
 
 
 class Examination(_Model):
@@ -308,6 +329,56 @@ class Bots(_Model):
     )
 
 
+EventKind = Literal[EVENT_KINDS]  # type: ignore[valid-type]
+IntentName = Literal[
+    "exact",
+    "similar",
+    "variant",
+    "cheaper",
+    "premium",
+    "same_pattern",
+    "other_department",
+    "info",
+    "preference",
+]
+
+
+class IntentFollowups(_Model):
+    """What a user of one intent does after a response that did not serve them."""
+
+    p: Probability = 0.0  # chance of a follow-up that reflects the intent
+    kinds: dict[EventKind, Weight] = Field(default_factory=dict)
+
+    _kinds = field_validator("kinds")(_some_weight)
+
+    @model_validator(mode="after")
+    def _kinds_for_p(self) -> IntentFollowups:
+        if self.p > 0 and not self.kinds:
+            raise ValueError("p is above 0 but no kinds are given")
+        return self
+
+
+class TextQueries(_Model):
+    languages: dict[Literal["en", "zh"], Weight] = Field(default_factory=lambda: {"en": 1.0})
+    typo_p: Probability = 0.1  # chance a text query carries a misspelling
+
+    _languages = field_validator("languages")(_some_weight)
+
+
+class Followups(_Model):
+    """Follow-up events after a no-click response (`logs/events`): sorting by price, tapping a
+    colour or another department, opening the material section, typing a text query,
+    re-uploading, or leaving. `by_intent` says how each hidden intent shows itself; `noise` is
+    the share of follow-ups that say nothing about the intent (a random kind and value); any
+    user may simply leave."""
+
+    by_intent: dict[IntentName, IntentFollowups] = Field(default_factory=dict)
+    noise: Probability = 0.1
+    leave_p: Probability = 0.2
+    delay_s: LogNormal = LogNormal(median=12.0, sigma=0.6)  # after the request
+    text: TextQueries = TextQueries()
+
+
 class World(_Model):
     name: str = "world"
     description: str = ""
@@ -318,6 +389,7 @@ class World(_Model):
     behaviour: Behaviour = Behaviour()
     traffic: Traffic = Traffic()
     bots: Bots = Bots()
+    followups: Followups | None = None  # absent: no follow-up events
     top_k: int = Field(default=10, ge=1, le=100)  # results a user sees
 
     @model_validator(mode="after")

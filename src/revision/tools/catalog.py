@@ -3,7 +3,9 @@
 Tools run on the request's hot path, where a pandas row lookup costs more than the whole
 vector search; so every attribute a tool compares (colour, type, pattern, department, index
 group, price, variant group) is an integer code array over index rows, and a tool works with
-row numbers and vectorised comparisons only.
+row numbers and vectorised comparisons only. The arrays also own the engine's query
+understanding (`revision.vision`'s heads and encoders), handed the catalog's label codes and
+the index as plain arrays and a search callable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from revision.vision.understanding import CatalogLabels, QueryUnderstanding
 
 if TYPE_CHECKING:
     from revision.search.engine import SearchEngine
@@ -103,6 +107,15 @@ class CatalogArrays:
         self.descriptions = products["description"].fillna("").astype(str).tolist()
         self._rows_cache: dict[tuple[str, int], np.ndarray] = {}
         self._lock = threading.Lock()
+        # Query understanding: the warehouse's attribute heads (followed, so a retrain is
+        # picked up), the engine's image encoder, an OCR reader for full-size photos; and the
+        # catalog as the nearest-neighbour vote sees it (label codes, labels, the index).
+        self.understanding = QueryUnderstanding.for_warehouse(
+            engine.warehouse, encoder=engine.encoder
+        )
+        self.labels = CatalogLabels(
+            codes=self.codes, vocab=self.vocab, search=engine.index.search, code=self.code
+        )
 
     # -- lookups --------------------------------------------------------------------------------
     def rows_of(self, product_ids) -> np.ndarray:

@@ -32,7 +32,15 @@ from functools import partial
 from typing import Any
 
 from revision.errors import InputError
-from revision.search._base import Hit, Query, SearchContext, SearchResponse, Stage
+from revision.search._base import (
+    Hit,
+    Query,
+    SearchContext,
+    SearchRequest,
+    SearchResponse,
+    Stage,
+    ToolTrace,
+)
 from revision.search.pipeline import SearchPipeline
 from revision.tools._base import (
     ALLOWED_EDITS,
@@ -49,9 +57,9 @@ from revision.tools.info import warm_up as warm_query_info
 from revision.vision.images import load_image
 
 DEFAULT_TIMEOUT_MS = 250.0
-_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="revision-tool")
+TOOL_THREADS = 16
 # The main searches get their own threads: stragglers on the tool pool never delay them.
-_SEARCH_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="revision-search")
+SEARCH_THREADS = 32
 
 
 # -- forks and diffs -------------------------------------------------------------------------
@@ -65,7 +73,7 @@ def fork_context(ctx: SearchContext) -> SearchContext:
         c = memo.get(id(h))
         if c is None:
             c = memo[id(h)] = Hit(
-                h.product_id, h.score, h.rank, h.title, h.price, h.source, list(h.badges)
+                h.product_id, h.score, h.rank, h.title, h.price, h.source, list(h.badges), h.tool
             )
         return c
 
@@ -75,13 +83,14 @@ def fork_context(ctx: SearchContext) -> SearchContext:
         image=ctx.query.image,
         top_k=ctx.query.top_k,
         request_id=ctx.query.request_id,
+        user_id=ctx.query.user_id,
         facts=dict(ctx.query.facts),
     )
     return SearchContext(
         query=query,
         candidates=[copy(h) for h in ctx.candidates],
         results=[copy(h) for h in ctx.results],
-        cues=[dict(c) for c in ctx.cues],
+        cues=[c.model_copy(deep=True) for c in ctx.cues],
         applied=list(ctx.applied),
         trace=list(ctx.trace),
     )
@@ -95,7 +104,7 @@ class ContextDiff:
     facts: dict[str, Any] = field(default_factory=dict)
     removed_facts: set[str] = field(default_factory=set)
     badges: dict[str, list[str]] = field(default_factory=dict)  # product_id -> added badges
-    new_cues: list[dict[str, Any]] = field(default_factory=list)
+    new_cues: list = field(default_factory=list)
 
 
 def _signature(hits: list[Hit]) -> list[tuple[str, float, str]]:
@@ -229,6 +238,39 @@ class PlanExecutor:
             plan = load_plan(plan, self.tools, info=info, reg=self.registry)
         return ToolDag(plan, self.registry)
 
+    # -- thread pools (the executor's own: made on first use, shut down by `close`) -------------
+    _pools: dict[str, ThreadPoolExecutor] | None = None
+    _pools_lock = threading.Lock()
+
+    def _pool(self, name: str, threads: int) -> ThreadPoolExecutor:
+        with self._pools_lock:
+            if self._pools is None:
+                self._pools = {}
+            if name not in self._pools:
+                self._pools[name] = ThreadPoolExecutor(threads, thread_name_prefix=name)
+            return self._pools[name]
+
+    @property
+    def tool_pool(self) -> ThreadPoolExecutor:
+        return self._pool("revision-tool", TOOL_THREADS)
+
+    @property
+    def search_pool(self) -> ThreadPoolExecutor:
+        return self._pool("revision-search", SEARCH_THREADS)
+
+    def close(self) -> None:
+        """Shut the thread pools down (a straggling tool finishes on its own thread)."""
+        with self._pools_lock:
+            pools, self._pools = self._pools or {}, {}
+        for pool in pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> PlanExecutor:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
     def component(self, name: str) -> Component:
         with self._lock:
             if name not in self._instances:
@@ -260,13 +302,20 @@ class PlanExecutor:
         top_k: int = 10,
         source: str | None = None,
         request_id: str | None = None,
+        user_id: str | None = None,
     ) -> SearchResponse:
         """Search with a photo (path, bytes or PIL image) and run `plan` alongside."""
         started = time.perf_counter()
         if isinstance(image, str | bytes) or hasattr(image, "__fspath__"):
-            source = source or str(image)
+            source = source or (str(image) if not isinstance(image, bytes) else None)
             image = load_image(image)
-        query = Query(source=source or "<image>", image=image, top_k=top_k, request_id=request_id)
+        query = Query(
+            source=source or "<image>",
+            image=image,
+            top_k=top_k,
+            request_id=request_id,
+            user_id=user_id,
+        )
         return self.run(query, plan, started)
 
     def search_vector(
@@ -304,20 +353,42 @@ class PlanExecutor:
             finally:
                 run.query_info.understood.set()  # nobody waits for a vector that never comes
 
-        _SEARCH_POOL.submit(main_search)
+        self.search_pool.submit(main_search)
         return await done
 
 
 class PlannedPipeline:
-    """A `SearchPipeline` look-alike that runs one plan on every request, for callers that
-    take a pipeline (the simulator, a service): `search`, `search_vector`, `run`, `engine`."""
+    """A `Searcher` that runs one fixed plan on every request (the experiment harness's
+    always-all arm, `revision tools compare`): `respond`, plus the pipeline's `search`,
+    `search_vector` and `run` shapes."""
+
+    deterministic = False  # tools may read more than the photo
 
     def __init__(self, executor: PlanExecutor, plan: ToolDag | Plan | str):
         self.executor = executor
         self.dag = executor.prepare(plan)
         self.engine = executor.engine
-        self.recall_k = executor.pipeline.recall_k
-        self.hooks = executor.pipeline.hooks
+
+    def respond(self, request: SearchRequest) -> SearchResponse:
+        import numpy as np
+
+        if request.embedding is not None:
+            query = Query(
+                source=request.source or "<vector>",
+                vector=np.asarray(request.embedding, np.float32),
+                top_k=request.top_k,
+                request_id=request.request_id,
+                user_id=request.user_id,
+            )
+            return self.executor.run(query, self.dag)
+        return self.executor.search(
+            request.image,
+            self.dag,
+            top_k=request.top_k,
+            source=request.source,
+            request_id=request.request_id,
+            user_id=request.user_id,
+        )
 
     def search(
         self, image, *, top_k: int = 10, source: str | None = None, request_id: str | None = None
@@ -394,7 +465,7 @@ class _Run:
         try:
             asyncio.run_coroutine_threadsafe(coro, self.loop).result()
         except Exception as exc:  # the executor's own failure: record it, keep the baseline
-            done = {e["index"] for e in ctx.trace}
+            done = {e.index for e in ctx.trace if isinstance(e, ToolTrace)}
             for s in stages:
                 for step in self.by_stage[s]:
                     if step.index not in done:
@@ -439,7 +510,7 @@ class _Run:
             prefetched = comp.prefetch(tctx, **inputs)
             return _Prepared(inputs, prefetched, notes)
 
-        return await self.loop.run_in_executor(_POOL, work)
+        return await self.loop.run_in_executor(self.ex.tool_pool, work)
 
     async def _stage(self, stage: ToolStage, ctx: SearchContext) -> None:
         for wave in self.dag.generations(stage):
@@ -451,15 +522,17 @@ class _Run:
             outcomes = await asyncio.gather(*(self._run_tool(step, stage, ctx) for step in wave))
             rewritten: dict[str, int] = {}
             for step, (entry, fork, diff) in zip(wave, outcomes, strict=True):
-                if entry["status"] == "ok":
+                if entry.status == "ok":
                     clash = [
                         k for k in ("candidates", "results") if k in diff.kinds and k in rewritten
                     ]
                     if clash:
-                        entry.update(
-                            status="failed",
-                            error=f"conflicting edit: ({rewritten[clash[0]]}) already rewrote "
-                            f"the {clash[0]} in this wave",
+                        entry = entry.model_copy(
+                            update={
+                                "status": "failed",
+                                "error": f"conflicting edit: ({rewritten[clash[0]]}) already "
+                                f"rewrote the {clash[0]} in this wave",
+                            }
                         )
                     else:
                         for k in ("candidates", "results"):
@@ -503,7 +576,9 @@ class _Run:
                 notes=prepared.notes,
             )
             await asyncio.wait_for(
-                self.loop.run_in_executor(_POOL, partial(comp.run, tctx, **prepared.inputs)),
+                self.loop.run_in_executor(
+                    self.ex.tool_pool, partial(comp.run, tctx, **prepared.inputs)
+                ),
                 max(deadline - time.perf_counter(), 0),
             )
             diff = diff_context(base, fork)
@@ -520,19 +595,18 @@ class _Run:
         except Exception as exc:
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         entry["ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        return entry, fork, diff
+        return ToolTrace(**entry), fork, diff
 
     def _record(self, ctx, step, stage, error: str, status: str = "failed") -> None:
         ctx.trace.append(
-            {
-                "index": step.index,
-                "name": step.component,
-                "stage": str(stage),
-                "status": status,
-                "ms": 0.0,
-                "error": error,
-                "start_ms": round((time.perf_counter() - self.started) * 1000, 3),
-            }
+            ToolTrace(
+                index=step.index,
+                name=step.component,
+                stage=str(stage),
+                status=status,
+                error=error,
+                start_ms=round((time.perf_counter() - self.started) * 1000, 3),
+            )
         )
 
 

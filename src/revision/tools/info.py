@@ -8,8 +8,10 @@ retrieval products". Two sources, in this order of precedence:
   catalog's own vocabulary so that a value is a catalog label or nothing;
 - the query itself (`QueryInfo`): visual attributes from the trained attribute heads over the
   query embedding and colour histogram (or, without heads or a photo, a similarity-weighted vote
-  of the nearest catalog products), and printed text read by OCR. Each is computed at most once
-  per request, however many tools ask.
+  of the nearest catalog products), and printed text read by OCR. These are read by
+  `revision.vision`'s `QueryUnderstanding` (the one mining reads photos with); `QueryInfo`
+  holds its per-request memo, so each is computed at most once per request, however many
+  tools ask.
 
 Info text is untrusted data: it is matched against fixed patterns and vocabularies, never
 executed or passed on as instructions.
@@ -20,17 +22,19 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from revision.errors import InputError
-from revision.tools.catalog import ATTRIBUTES, SYNONYMS, CatalogArrays
+from revision.tools.catalog import ATTRIBUTES, SYNONYMS, CatalogArrays, catalog_arrays
+from revision.vision.understanding import SAME_ITEM_SCORE, Photo, QueryUnderstanding
 
 if TYPE_CHECKING:
     from revision.search._base import Query
     from revision.search.engine import SearchEngine
+
+__all__ = ["SAME_ITEM_SCORE", "Info", "QueryInfo", "parse_info", "parse_signal", "warm_up"]
 
 FIELDS = ("material", "care", "specifications")
 _FIELD_WORDS = {
@@ -241,52 +245,39 @@ _MENTIONS = (
 
 # -- from the query ----------------------------------------------------------------------------
 
-_HEADS: dict[tuple[str, float], Any] = {}
-_HEADS_LOCK = threading.Lock()
-SAME_ITEM_SCORE = 0.9  # a catalog product this close to the query is taken as the item itself
-
-
-def _heads(engine: SearchEngine):
-    """The warehouse's trained attribute heads, or None."""
-    from revision.vision.attributes import AttributeHeads
-    from revision.vision.training import HEADS_PATH
-
-    path = Path(engine.warehouse.root).joinpath("artifacts", *HEADS_PATH)
-    if not path.is_file():
-        return None
-    key = (str(path), path.stat().st_mtime)
-    with _HEADS_LOCK:
-        if key not in _HEADS:
-            _HEADS[key] = AttributeHeads.load(path)
-        return _HEADS[key]
-
 
 def warm_up(engine: SearchEngine) -> None:
     """Load the attribute heads and run them once, outside any request's deadline."""
-    heads = _heads(engine)
-    if heads is not None:
-        heads.predict(np.zeros((1, len(heads.mean_)), np.float32))
+    catalog_arrays(engine).understanding.warm_up()
 
 
 class QueryInfo:
-    """Facts about one query that tools need, each extracted at most once (thread-safe)."""
+    """Facts about one query that tools need, each extracted at most once (thread-safe).
 
-    def __init__(self, engine: SearchEngine, catalog: CatalogArrays, query: Query):
+    A thin view of `revision.vision`'s query understanding (`catalog.understanding` unless
+    given) over this request's photo: the heads read the raw embedding
+    (`query.facts["embedding"]`), the neighbour vote the search-space vector (`query.vector`).
+    """
+
+    def __init__(
+        self,
+        engine: SearchEngine,
+        catalog: CatalogArrays,
+        query: Query,
+        understanding: QueryUnderstanding | None = None,
+    ):
         self.engine = engine
         self.catalog = catalog
         self.query = query
+        self.understanding = understanding or catalog.understanding
         self._lock = threading.Lock()
-        self._memo: dict[str, Any] = {}
+        self._bound = False
+        # OCR may start at once; what needs the embedding binds it when the photo is encoded
+        self._photo: Photo = self.understanding.photo(query.image)
         # Tools may start before the photo is encoded; whatever needs the embedding waits.
         self.understood = threading.Event()
         if query.vector is not None:
             self.understood.set()
-
-    def _once(self, key: str, compute):
-        with self._lock:
-            if key not in self._memo:
-                self._memo[key] = compute()
-            return self._memo[key]
 
     def vector(self, timeout: float = 30.0) -> np.ndarray:
         """The query embedding, once the main search has encoded the photo."""
@@ -296,78 +287,32 @@ class QueryInfo:
             raise InputError(f"{self.query.source}: the query could not be encoded")
         return self.query.vector
 
+    def photo(self) -> Photo:
+        """The request's photo memo, its embeddings bound once the main search encoded it."""
+        vector = self.vector()
+        with self._lock:
+            if not self._bound:
+                # the heads read the encoder's raw embedding, not the adapter's search space
+                raw = getattr(self.query, "embedding", None)
+                if raw is None:
+                    raw = self.query.facts.get("embedding", vector)
+                self._photo.bind(embedding=raw, vector=vector)
+                self._bound = True
+        return self._photo
+
+    def _once(self, key: str, compute):
+        return self._photo.once(key, compute)
+
     def attributes(self) -> dict[str, tuple[str, float]]:
         """{attribute: (catalog label, confidence)} for colour, category, pattern, department
-        and index group. Cached in `query.facts["attributes"]`."""
+        and index group (see `QueryUnderstanding.attributes`). Cached in
+        `query.facts["attributes"]`."""
         if "attributes" in self.query.facts:
             return self.query.facts["attributes"]
-        return self._once("attributes", self._attributes)
-
-    def _attributes(self) -> dict[str, tuple[str, float]]:
-        """Heads and neighbours, each where it is stronger (measured on 120 query photos):
-        colour and pattern from the heads (they see a colour histogram; ImageNet neighbours
-        are colour-blind), type and audience from the average of the heads' and the
-        neighbours' distributions; and when the nearest product is the item itself, its own
-        labels for everything but colour (its colour variants embed almost alike)."""
-        self.vector()
-        votes, exact = self._neighbour_votes()
-        out: dict[str, tuple[str, float]] = {}
-        for attr, dist in votes.items():
-            if dist.sum() > 0:
-                best = int(dist.argmax())
-                out[attr] = (self.catalog.vocab[attr][best], float(dist[best]))
-        heads = _heads(self.engine) if self.query.image is not None else None
-        if heads is None:
-            return out
-        from revision.vision.encoder import get_image_encoder
-
-        hist = get_image_encoder("colour-hist").encode([self.query.image])[0]
-        # the heads read the encoder's raw embedding, not the adapter's search-space vector
-        raw = self.query.facts.get("embedding", self.query.vector)
-        probs = heads.predict_proba(np.concatenate([raw, hist])[None, :])
-        for attr, p in probs.items():
-            if attr not in self.catalog.codes or (exact and attr != "colour"):
-                continue
-            dist = np.zeros(len(self.catalog.vocab[attr]))
-            for j, label in enumerate(heads.classes_[attr]):
-                code = self.catalog.code(attr, label)
-                if code >= 0:
-                    dist[code] += p[0][j]
-            if attr not in ("colour", "pattern") and attr in votes:
-                dist = (dist + votes[attr]) / 2
-            if dist.sum() > 0:
-                best = int(dist.argmax())
-                out[attr] = (self.catalog.vocab[attr][best], float(dist[best]))
-        return out
-
-    def _neighbour_votes(self, k: int = 20) -> tuple[dict[str, np.ndarray], bool]:
-        """Per attribute, the similarity-weighted label distribution of the nearest catalog
-        products; when the nearest is the item itself (score >= SAME_ITEM_SCORE), its own
-        labels with that score. Returns (distributions, whether the item was found)."""
-        scores, rows = self.engine.index.search(self.query.vector, k)
-        keep = rows[0] >= 0
-        scores, rows = scores[0][keep], rows[0][keep]
-        out: dict[str, np.ndarray] = {}
-        if not len(rows):
-            return out, False
-        exact = bool(scores[0] >= SAME_ITEM_SCORE)
-        if exact:
-            weights = np.zeros(len(rows))
-            weights[0] = 1.0
-        else:
-            weights = np.maximum(scores, 0) ** 4
-        for attr in ATTRIBUTES:
-            codes = self.catalog.codes[attr][rows]
-            ok = codes >= 0
-            if not ok.any():
-                continue
-            dist = np.bincount(
-                codes[ok], weights=weights[ok], minlength=len(self.catalog.vocab[attr])
-            )
-            total = dist.sum()
-            if total > 0:
-                out[attr] = dist / total * (float(scores[0]) if exact else 1.0)
-        return out, exact
+        return self._once(
+            "attributes",
+            lambda: self.understanding.attributes(self.photo(), self.catalog.labels),
+        )
 
     def similarities(self) -> np.ndarray:
         """The query's cosine similarity to every indexed product (computed once)."""
@@ -379,23 +324,8 @@ class QueryInfo:
 
     def ocr_text(self) -> str:
         """Text printed on the query item (empty without a photo or when none is legible)."""
-        if self.query.image is None:
-            return ""
-
-        def read() -> str:
-            from revision.vision.ocr import OcrReader
-
-            return " ".join(OcrReader().text(self.query.image).split())
-
-        return self._once("ocr", read)
+        return self._photo.ocr_text()
 
     def description(self) -> str:
         """A short text query for the photo: colour, pattern (unless plain), type, audience."""
-        attrs = self.attributes()
-        parts = [attrs.get("colour", ("",))[0]]
-        pattern = attrs.get("pattern", ("",))[0]
-        if pattern.lower() not in ("solid", "unknown", ""):
-            parts.append(pattern)
-        parts.append(attrs.get("category", ("",))[0])
-        parts.append(attrs.get("index_group", ("",))[0])
-        return " ".join(p for p in parts if p and p.lower() != "unknown")
+        return QueryUnderstanding.describe(self.attributes())

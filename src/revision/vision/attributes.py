@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,9 +19,18 @@ from PIL import Image
 
 from revision.errors import InputError, MissingArtifactError
 
+if TYPE_CHECKING:
+    from revision.warehouse import Warehouse
+
 ATTRIBUTES = ("colour", "category", "pattern", "index_group")
 HIST_DIM = 192  # 12 hue x 4 saturation x 4 value bins
 UNKNOWN = "unknown"
+HEADS_PATH = ("models", "attributes.pt")  # under the warehouse's artifacts
+
+
+def heads_path(warehouse: Warehouse) -> Path:
+    """Where `revision vision train-attributes` saves a warehouse's attribute heads."""
+    return warehouse.artifact(*HEADS_PATH)
 
 
 def colour_histogram(image: Image.Image) -> np.ndarray:

@@ -8,7 +8,7 @@ with spaces removed. OCR output is untrusted text: treat it as data, never as in
 
 from __future__ import annotations
 
-import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,17 +26,30 @@ class OcrLine:
 
 
 class OcrReader:
-    """Reads text lines from photos; the models load on first use, once per process."""
+    """Reads text lines from photos. The reader owns its RapidOCR pipeline, loaded on first use
+    (its three ONNX models take ~1 s): keep one reader for many photos."""
 
     def __init__(self, min_score: float = 0.5):
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         self.min_score = min_score
+        self._engine = None
+        self._lock = threading.Lock()
+
+    def _pipeline(self):
+        """The RapidOCR pipeline. It keeps all lines (text_score=0); `read` applies min_score."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    from rapidocr_onnxruntime import RapidOCR
+
+                    self._engine = RapidOCR(text_score=0.0)
+        return self._engine
 
     def read(self, image: ImageInput) -> list[OcrLine]:
         """Text lines with score >= min_score, top-to-bottom, then left-to-right in a row."""
         rgb = np.asarray(load_image(image))
-        result, _ = _engine()(np.ascontiguousarray(rgb[..., ::-1]))  # RapidOCR expects BGR
+        result, _ = self._pipeline()(np.ascontiguousarray(rgb[..., ::-1]))  # RapidOCR: BGR
         lines = [
             OcrLine(
                 text=str(text),
@@ -67,12 +80,3 @@ def _rows(lines: list[OcrLine]) -> list[list[OcrLine]]:
         else:
             rows.append((min(ys), max(ys), [line]))
     return [sorted(members, key=lambda ln: min(x for x, _ in ln.box)) for _, _, members in rows]
-
-
-@functools.cache
-def _engine():
-    """The RapidOCR pipeline, shared by every reader: its three ONNX models take ~1 s to load.
-    It keeps all lines (text_score=0); each reader applies its own min_score."""
-    from rapidocr_onnxruntime import RapidOCR
-
-    return RapidOCR(text_score=0.0)

@@ -3,40 +3,40 @@
 Training rows are catalog photos plus simulated user photos of some training products, so the
 heads hold up on the photos users actually send. The test split holds out whole variant groups;
 accuracy is reported on its catalog photos and on medium-severity query photos made from them.
+
+Vision knows no catalog and no index: the caller hands in the products (one row per photo,
+with their labels), their raw embeddings and the encoder that made them (`revision vision
+train-attributes` takes them from the search engine).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit
 
-from revision.catalog.schema import load_products
+from revision.errors import InputError
 from revision.progress import progress
-from revision.search.engine import SearchEngine
-from revision.vision.attributes import ATTRIBUTES, AttributeHeads
+from revision.vision.attributes import ATTRIBUTES, HEADS_PATH, AttributeHeads, heads_path
 from revision.vision.embeddings import ImageEmbedder
 from revision.vision.encoder import get_image_encoder
 from revision.vision.images import load_image
 from revision.vision.query_photos import make_query_photo
+from revision.vision.understanding import head_features
 from revision.warehouse import Warehouse
 
-HEADS_PATH = ("models", "attributes.pt")
-
-
-def heads_path(warehouse: Warehouse):
-    return warehouse.artifact(*HEADS_PATH)
-
-
-def photo_features(engine: SearchEngine, hist_encoder, image) -> np.ndarray:
-    """[embedding, colour histogram] for one photo: the heads' input."""
-    return np.concatenate([engine.encode(image), hist_encoder.encode([image])[0]])
+__all__ = ["HEADS_PATH", "heads_path", "train_attributes"]
 
 
 def train_attributes(
     warehouse: Warehouse,
+    products: pd.DataFrame,
+    raw_vectors: np.ndarray,
+    encode: Callable[[Image.Image], np.ndarray],
     *,
     augment: int = 2000,
     eval_queries: int = 300,
@@ -44,13 +44,23 @@ def train_attributes(
     epochs: int = 30,
     seed: int = 0,
 ) -> dict:
-    engine = SearchEngine.open(warehouse)
-    products = load_products(warehouse).set_index("product_id").loc[engine.index.ids_]
+    """Train the heads on `products` (columns `image_path`, `variant_group` and the
+    attributes; row i is the photo whose raw embedding is `raw_vectors[i]`), save them under
+    the warehouse's artifacts and return the held-out report. `encode(photo)` is the encoder
+    that made `raw_vectors` (simulated user photos are encoded with it)."""
+    products = products.reset_index(drop=True)
+    if len(products) != len(raw_vectors):
+        raise InputError(
+            f"{len(products)} products but {len(raw_vectors)} raw embeddings: one row each"
+        )
+    missing = [c for c in ("image_path", "variant_group", *ATTRIBUTES) if c not in products]
+    if missing:
+        raise InputError(f"products lack column(s): {', '.join(missing)}")
     hist_encoder = get_image_encoder("colour-hist")
     hists, _ = ImageEmbedder(warehouse, hist_encoder).embed_paths(
         products["image_path"].tolist(), description="colour histograms"
     )
-    features = np.hstack([engine.raw_vectors, hists])
+    features = head_features(np.asarray(raw_vectors), hists)
     labels = products[list(ATTRIBUTES)].reset_index(drop=True)
 
     split = GroupShuffleSplit(1, test_size=test_size, random_state=seed)
@@ -65,7 +75,7 @@ def train_attributes(
                 "medium",
                 seed=seed * 1_000_003 + int(row) + i,
             )
-            out.append(photo_features(engine, hist_encoder, photo))
+            out.append(head_features(encode(photo), hist_encoder.encode([photo])[0]))
         return np.stack(out) if out else np.zeros((0, features.shape[1]), np.float32)
 
     extra = rng.choice(train, size=min(augment, len(train)), replace=False)

