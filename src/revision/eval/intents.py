@@ -148,9 +148,10 @@ def bayes_bound(warehouse: Warehouse, world, catalog: Warehouse | None = None) -
         if traits is not None:
             s, habits, home = traits
             mine = base * np.clip(1 + sens * (2 * s - 1), 0, None) * habits[: len(intents)]
-            if home is not None and "other_department" in intents and world.users.home_groups:
-                if home != target.get("index_group"):
-                    mine[intents.index("other_department")] *= world.users.home_groups.boost
+            boost = world.users.home_groups.boost if world.users.home_groups else 1.0
+            if home is not None and "other_department" in intents:
+                away = home != target.get("index_group")
+                mine[intents.index("other_department")] *= boost if away else 1.0
             post = mine * likelihood * servable
         if post.sum() > 0 and intents[int(post.argmax())] == row.intent:
             correct["with_user_traits"] += 1
