@@ -377,7 +377,7 @@ ASSIGNMENTS = _declare(
         ),
         partitions=("dt", "run"),
         writers=frozenset({"clustering"}),
-        open=True,  # plus the source's columns (request_id, position, …)
+        open=True,  # plus the source's: request_id, position, source_dt, source_run (mining)
         doc="one row per clustered action: main category, subcategory, bound tool",
     )
 )
@@ -467,5 +467,33 @@ USER_TRUTH = _declare(
         writers=frozenset({"sim"}),
         readers=frozenset({"eval", "cli", "pipeline"}),
         doc="each simulated user's hidden traits: for evaluation only (the Bayes bound)",
+    )
+)
+
+# -- the planner -------------------------------------------------------------------------------
+
+PLANNER_SAMPLES = _declare(
+    Table(
+        "planner/samples",
+        _schema(
+            ("request_id", pa.string(), False),
+            ("split", pa.string(), False),  # train | test | held (left out to avoid leakage)
+            ("day", pa.string()),
+            ("design", pa.string()),  # the first result's design: the split's unit
+            ("category", pa.string()),  # the main category of the first tool
+            ("image", pa.string()),
+            ("image_hash", pa.string()),
+            ("result_ids", pa.list_(pa.string())),
+            ("result_scores", pa.list_(pa.float32())),
+            ("context", pa.list_(pa.float32())),
+            ("thinking", pa.string()),
+            ("answer", pa.list_(pa.int32())),
+            ("live", pa.list_(pa.int32())),
+            ("toollist_digest", pa.string(), False),
+            ("mining_run", pa.string()),
+        ),
+        partitions=("build",),
+        writers=frozenset({"planner"}),
+        doc="planner training and test samples: request, reference thinking and tool answer",
     )
 )

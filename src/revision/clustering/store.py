@@ -162,7 +162,10 @@ def _read_table(
                 f"table {name} ({row['partition']}): request_id={row['request_id']} "
                 f"position={row['position']} has an empty action"
             )
-    meta = table.select(["request_id", "position", "dt", "run"])
+    # where each action came from; `dt`/`run` would clash with the clustering run's partition
+    meta = table.select(["request_id", "position", "dt", "run"]).rename_columns(
+        ["request_id", "position", "source_dt", "source_run"]
+    )
     partitions = sorted(set(table["partition"].to_pylist()))
     return ActionSource(str(Source.table(name)), [a.strip() for a in actions], meta, partitions)
 
