@@ -6,7 +6,19 @@ import sys
 
 import typer
 
-from revision.cli import catalog, clustering, index, logs, mining, search, sim, tools, vision
+from revision.cli import (
+    catalog,
+    clustering,
+    index,
+    logs,
+    mining,
+    planner,
+    search,
+    serve,
+    sim,
+    tools,
+    vision,
+)
 from revision.errors import RevisionError
 
 app = typer.Typer(
@@ -25,6 +37,8 @@ app.command("simulate")(sim.simulate)
 app.add_typer(mining.app, name="mine")
 app.add_typer(clustering.app, name="cluster")
 app.add_typer(tools.app, name="tools")
+app.add_typer(planner.app, name="planner")
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

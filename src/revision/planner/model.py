@@ -19,7 +19,7 @@ from torch import nn
 from revision.planner._base import PlannerFeatures
 from revision.planner.config import PlannerConfig
 from revision.planner.infer import prefix_arrays
-from revision.planner.tokenizer import PAD
+from revision.planner.tokenizer import EOS, FIRST_TOOL, PAD
 
 __all__ = ["PlannerConfig", "PlannerModel", "prefix_tensors"]
 
@@ -113,12 +113,20 @@ class PlannerModel(nn.Module):
         h = self.norm(x[:, self.config.prefix_len :])
         return h @ self.tok_emb.weight.T
 
-    def loss(self, prefix: Mapping[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        """Next-token cross entropy on the text only (the prefix has no targets)."""
+    def loss(
+        self, prefix: Mapping[str, torch.Tensor], tokens: torch.Tensor, answer_weight: float = 1.0
+    ) -> torch.Tensor:
+        """Next-token cross entropy on the text only (the prefix has no targets). The answer
+        (tool tokens and the end) weighs `answer_weight` times a thinking token: a plan is a
+        few tokens after a few dozen of thinking, and it is what the service runs."""
         logits = self(prefix, tokens)[:, :-1]
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD
-        )
+        targets = tokens[:, 1:]
+        per_token = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).reshape(targets.shape)
+        tool = (targets >= FIRST_TOOL) & (targets < FIRST_TOOL + self.config.max_tool)
+        weight = torch.where(tool | (targets == EOS), answer_weight, 1.0) * (targets != PAD)
+        return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
 
     def numpy_weights(self) -> dict[str, np.ndarray]:
         """A float32 copy of the weights, for the numpy decoder and checkpoints."""

@@ -113,5 +113,36 @@ class OnlinePlanner:
         return PlanOutcome(completion, _ms(started), None, features)
 
 
+def open_planner(
+    warehouse: Warehouse, checkpoint: str | Path | None = None, *, histories: bool = True
+) -> OnlinePlanner:
+    """The published planner (or `checkpoint`, with the warehouse's product features), for the
+    warehouse's current tool list, with the users' histories from its logs."""
+    from revision import toollist
+    from revision.logs.context import HistoryStore
+    from revision.planner.publish import load_publication
+
+    doc = toollist.load(warehouse)
+    features = None
+    if checkpoint is None:
+        publication = load_publication(warehouse)
+        checkpoint, features = warehouse.resolve(publication.checkpoint), publication.features
+    else:
+        from revision.planner.train import final_checkpoint
+
+        path = Path(checkpoint)
+        if (path / "final.json").is_file():
+            checkpoint = final_checkpoint(path)
+    store = HistoryStore.from_logs(warehouse) if histories else None
+    return OnlinePlanner.load(
+        warehouse,
+        checkpoint,
+        features,
+        live=doc.live_indices(),
+        toollist_digest=doc.digest,
+        histories=store,
+    )
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)

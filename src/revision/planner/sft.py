@@ -35,11 +35,14 @@ __all__ = ["SFTConfig", "SFTTrainer", "TrainOutput"]
 @dataclass
 class SFTConfig(TrainConfig):
     batch_size: int = 32
+    answer_weight: float = 1.0  # loss weight of the plan's tokens against the thinking's
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size}: must be at least 1")
+        if self.answer_weight <= 0:
+            raise ConfigError(f"answer_weight={self.answer_weight}: must be positive")
 
 
 def check_answers(samples: Sequence[PlannerSample], max_answer: int) -> None:
@@ -84,7 +87,8 @@ class SFTTrainer(Trainer):
     def _step(self, step: int) -> dict:
         idx = batch_indices(step, len(self.samples), self.args.batch_size, self.args.seed)
         prefix = prefix_tensors([self.samples[i].features for i in idx], self.model.config)
-        loss = self.model.loss(prefix, pad_tokens([self._ids[i] for i in idx]))
+        tokens = pad_tokens([self._ids[i] for i in idx])
+        loss = self.model.loss(prefix, tokens, self.args.answer_weight)
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)

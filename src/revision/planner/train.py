@@ -35,6 +35,7 @@ class PlannerTrainConfig:
     vocab_size: int = 1024
     sft_epochs: int = 8
     sft_lr: float = 1e-3
+    answer_weight: float = 4.0
     grpo_steps: int = 60
     grpo_lr: float = 5e-5
     num_generations: int = 8
@@ -103,6 +104,7 @@ def train_planner(
             output_dir=sft_dir,
             num_train_epochs=config.sft_epochs,
             learning_rate=config.sft_lr,
+            answer_weight=config.answer_weight,
             seed=config.seed,
             num_threads=config.threads,
         ),

@@ -29,7 +29,6 @@ import base64
 import json
 import math
 import mimetypes
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any
 from revision.errors import ConfigError, InputError, MissingExtraError
 from revision.planner._base import K, PlannerSample
 from revision.planner.rewards import answer_reward, format_reward
+from revision.settings import launcher_world_size
 from revision.tools.grammar import THINK_CLOSE, THINK_OPEN, format_completion, format_tool_list
 
 MAX_THINKING_TOKENS = 256  # paper: the thinking is compressed; longer traces are cut here
@@ -131,7 +131,7 @@ class TRLConfig:
         if self.use_cpu is None:
             self.use_cpu = not _cuda_available()
         if self.num_processes is None:
-            self.num_processes = int(os.environ.get("WORLD_SIZE", "1"))
+            self.num_processes = launcher_world_size()
         if self.num_generations < 2:
             raise ConfigError(
                 f"num_generations={self.num_generations}: GRPO needs at least 2 completions per "
