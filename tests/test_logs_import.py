@@ -16,7 +16,7 @@ from revision.cli.main import app
 from revision.errors import InputError
 from revision.logs.importer import import_logs, message
 from revision.logs.no_click import extract_no_click
-from revision.tables import CLICKS, IMPRESSIONS, ORDERS, PRODUCTS, REQUESTS
+from revision.tables import CLICKS, EVENTS, IMPRESSIONS, ORDERS, PRODUCTS, REQUESTS
 from revision.tables import LOG_REJECTS as REJECTS
 from revision.warehouse import Warehouse
 
@@ -245,3 +245,73 @@ def test_cli_import_json(wh, tmp_path):
     assert data["rejects"][0]["message"].startswith(f"{path}:2: not valid JSON")
     out = runner.invoke(app, ["logs", "import", path])  # human output on stderr
     assert out.exit_code == 0 and "1 already present" in out.output
+
+
+# -- follow-up events ----------------------------------------------------------------------------
+
+
+def event(rid, kind, value="", ts="2026-03-02T10:00:20Z", **kw):
+    return {"request_id": rid, "user_id": "u1", "ts": ts, "kind": kind, "value": value, **kw}
+
+
+def test_events_bad_rows_are_counted_with_a_reason_and_the_batch_goes_on(wh, tmp_path):
+    """Through `revision logs import`, as a team would: each bad event is a reject with its
+    reason; the good ones land, also those after the bad ones."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    write_jsonl(folder / "requests.jsonl", [request("r1"), request("r2", user_id="u2")])
+    write_jsonl(
+        folder / "events.jsonl",
+        [
+            event("r1", "sort_price", "asc"),  # 1: good
+            event("nope", "sort_price", "asc"),  # 2: unknown request
+            event("r1", "filter_colour", "Black", ts="2026-03-02T09:59:00Z"),  # 3: 60 s early
+            event("r1", "sort_price", "asc"),  # 4: duplicate of line 1
+            event("r1", "pinch_zoom", "2x"),  # 5: unknown kind
+            event("r1", "text_query", "cheap " * 1700),  # 6: a text query of 10 kB
+            event("r1", "text_query", "cheap\x07 dress"),  # 7: a control character
+            event("r1", "text_query", "dress\u202ein red"),  # 8: a bidi override (format char)
+            event("r2", "text_query", "红色 连衣裙 for kids"),  # 9: good, after the bad ones
+            event("r2", "leave", None, ts="2026-03-02T10:00:40Z"),  # 10: good, no value
+            event("r2", "reupload", "", ts=1772445630),  # 11: good, epoch seconds
+        ],
+    )
+    out = runner.invoke(app, ["logs", "import", str(folder), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert report["imported"] == {REQUESTS: 2, EVENTS: 4}
+    assert report["rejected"] == 7 and report["warnings"] == 0
+    by = {r["line"]: r for r in report["rejects"] if r["table"] == EVENTS}
+    assert sorted(by) == [2, 3, 4, 5, 6, 7, 8]
+    assert by[2]["field"] == "request_id" and "unknown request 'nope'" in by[2]["reason"]
+    assert by[3]["field"] == "ts" and "60 s before its request" in by[3]["reason"]
+    assert "duplicate key (first at" in by[4]["reason"] and by[4]["message"].endswith("skipped")
+    assert by[5]["field"] == "kind" and "unknown event kind 'pinch_zoom'" in by[5]["reason"]
+    assert "valid: sort_price" in by[5]["reason"]
+    assert by[6]["field"] == "value" and "characters (at most 500)" in by[6]["reason"]
+    assert "control character U+0007" in by[7]["reason"]
+    assert "control character U+202E" in by[8]["reason"]
+    assert all(r["action"] == "skipped" for r in by.values())
+    stored = wh.read(EVENTS).to_pylist()
+    assert sorted((e["request_id"], e["kind"], e["value"]) for e in stored) == [
+        ("r1", "sort_price", "asc"),
+        ("r2", "leave", None),
+        ("r2", "reupload", None),
+        ("r2", "text_query", "红色 连衣裙 for kids"),
+    ]
+    kept = {(r["source"].rsplit("/", 1)[-1], r["line"]) for r in wh.read(REJECTS).to_pylist()}
+    assert {("events.jsonl", n) for n in by} <= kept  # the rejects are kept in the warehouse
+    # the same file again: nothing new, the duplicate found against the warehouse too
+    again = import_logs(folder / "events.jsonl", wh)
+    assert again.imported == {EVENTS: 0} and again.already_present == {EVENTS: 4}
+
+
+def test_events_whose_request_is_already_in_the_warehouse(wh, tmp_path):
+    import_logs(write_jsonl(tmp_path / "requests.jsonl", [request("r1")]), wh)
+    path = write_jsonl(
+        tmp_path / "events.jsonl",
+        [event("r1", "open_details", "material"), event("r1", "open_details", "care", ts=0)],
+    )
+    report = import_logs(path, wh)
+    assert report.imported == {EVENTS: 1}
+    assert "outside 1990-2100" in rejects_by_line(report)[2]["reason"]

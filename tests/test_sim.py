@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -10,12 +11,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import read_only
 from revision.catalog.importer import import_table
 from revision.errors import ConfigError, InputError
 from revision.mining.inputs import InputAssembler
 from revision.search._base import Hit, SearchResponse, Stage
 from revision.search.engine import SearchEngine, build_index
 from revision.search.pipeline import SearchPipeline
+from revision.sim.followups import TEMPLATES
 from revision.sim.intents import (
     INTENTS,
     CatalogFacts,
@@ -29,7 +32,7 @@ from revision.sim.photos import MANIFEST_DIR, build_pool
 from revision.sim.traffic import simulate
 from revision.sim.truth import read_truth
 from revision.sim.world import load_world, parse_world
-from revision.tables import CLICKS, IMPRESSIONS, ORDERS, REQUESTS, TRUTH
+from revision.tables import CLICKS, EVENT_KINDS, EVENTS, IMPRESSIONS, ORDERS, REQUESTS, TRUTH
 from revision.warehouse import Warehouse
 
 N_PRODUCTS = 300
@@ -93,6 +96,7 @@ def small_catalog(hm_dir, tmp_path_factory):
     world = _small_world()
     rows = product_rows(engine.products.loc[engine.index.ids_])
     pool = build_pool(world, wh, rows, engine.encoder)
+    read_only("small_catalog", wh)
     return {"wh": wh, "engine": engine, "world": world, "pool": pool, "rows": rows}
 
 
@@ -277,7 +281,7 @@ def test_logs_follow_the_schemas_and_truth_stays_apart(small_catalog, tmp_path):
     wh, summary = _run(small_catalog, tmp_path)
     for name in (REQUESTS, IMPRESSIONS, CLICKS, ORDERS):
         table = wh.read(name)
-        assert table.schema.remove(table.schema.get_field_index("dt")) == name.schema
+        assert table.schema.remove(table.schema.get_field_index("dt")) == name.full_schema
         assert wh.files(name)[0].parent.name == "dt=2025-06-02"
     requests = wh.read_pandas(REQUESTS)
     assert len(requests) == 1500 == summary["requests"]
@@ -411,15 +415,17 @@ def test_bad_arguments_are_named(small_catalog, tmp_path):
             _run(small_catalog, tmp_path, requests=kwargs.pop("requests", 50), **kwargs)
 
 
-def test_pool_build_resumes_and_reuses(small_catalog):
+def test_pool_build_resumes_and_reuses(small_catalog, tmp_path):
     cat = small_catalog
-    again = build_pool(cat["world"], cat["wh"], cat["rows"], cat["engine"].encoder)
+    wh = Warehouse(tmp_path / "copy")  # the shared catalog warehouse stays as it is
+    shutil.copytree(cat["wh"].root, wh.root)
+    again = build_pool(cat["world"], wh, cat["rows"], cat["engine"].encoder)
     assert again.build["built"] == 0
     assert again.hashes == cat["pool"].hashes
     np.testing.assert_array_equal(again.vectors, cat["pool"].vectors)
-    shards = sorted(cat["wh"].artifact_dir(*MANIFEST_DIR).glob("part-*.parquet"))
+    shards = sorted(wh.artifact_dir(*MANIFEST_DIR).glob("part-*.parquet"))
     shards[0].unlink()  # as if killed before that chunk finished
-    resumed = build_pool(cat["world"], cat["wh"], cat["rows"], cat["engine"].encoder)
+    resumed = build_pool(cat["world"], wh, cat["rows"], cat["engine"].encoder)
     assert 0 < resumed.build["built"] < len(resumed)
     assert resumed.hashes == cat["pool"].hashes
     assert set(cat["pool"].kinds) >= {"mild", "medium"}
@@ -449,6 +455,8 @@ def test_a_copied_warehouse_still_finds_its_simulated_photos(small_catalog, tmp_
 def test_cli_simulate_prints_a_summary(small_catalog, tmp_path):
     from revision.cli.main import app
 
+    wh = Warehouse(tmp_path / "copy")  # simulate writes logs: never into the shared catalog
+    shutil.copytree(small_catalog["wh"].root, wh.root)
     path = tmp_path / "world.yaml"
     world = small_catalog["world"]
     import yaml
@@ -459,7 +467,7 @@ def test_cli_simulate_prints_a_summary(small_catalog, tmp_path):
         [
             "simulate",
             "--warehouse",
-            str(small_catalog["wh"].root),
+            str(wh.root),
             "--world",
             str(path),
             "--users",
@@ -483,7 +491,7 @@ def test_cli_simulate_prints_a_summary(small_catalog, tmp_path):
         [
             "simulate",
             "--warehouse",
-            str(small_catalog["wh"].root),
+            str(wh.root),
             "--world",
             str(path),
             "--requests",
@@ -497,3 +505,112 @@ def test_cli_simulate_prints_a_summary(small_catalog, tmp_path):
     bad.write_text("intents: {exact: {prior: 1, purchse_p: 0}}\n")
     result = CliRunner().invoke(app, ["simulate", "--world", str(bad)])
     assert isinstance(result.exception, ConfigError)
+
+
+# -- follow-up events ----------------------------------------------------------------------------
+
+FOLLOW_UPS = 3000  # requests of the default world's follow-up run
+
+
+def _with_languages(world, languages: dict[str, float]):
+    text = world.followups.text.model_copy(update={"languages": languages})
+    followups = world.followups.model_copy(update={"text": text})
+    return world.model_copy(update={"followups": followups})
+
+
+@pytest.fixture(scope="module")
+def followup_logs(small_catalog, tmp_path_factory):
+    """The default world's follow-ups: requests, events (with their request's time), truth."""
+    wh, _ = _run(
+        small_catalog, tmp_path_factory.mktemp("followups"), requests=FOLLOW_UPS, users=300
+    )
+    requests = wh.read_pandas(REQUESTS, columns=["request_id", "ts"])
+    events = wh.read_pandas(EVENTS).merge(
+        requests.rename(columns={"ts": "request_ts"}), on="request_id", how="left"
+    )
+    clicks = wh.read_pandas(CLICKS).merge(requests, on="request_id", suffixes=("", "_req"))
+    first = (clicks["ts"] - clicks["ts_req"]).dt.total_seconds().groupby(clicks["request_id"])
+    clicked30 = set(first.min()[first.min() <= 30].index)
+    truth = read_truth(wh).set_index("request_id")
+    return {"requests": requests, "events": events, "truth": truth, "clicked30": clicked30}
+
+
+def _text_queries(events) -> list[str]:
+    return events.loc[events["kind"] == "text_query", "value"].tolist()
+
+
+def test_a_third_of_human_no_click_requests_follow_up(followup_logs):
+    truth, events = followup_logs["truth"], followup_logs["events"]
+    humans = truth.index[~truth["is_bot"]]
+    no_click = [r for r in humans if r not in followup_logs["clicked30"]]
+    followed = set(events.loc[~events["kind"].isin(["leave", "question_answer"]), "request_id"])
+    share = sum(r in followed for r in no_click) / len(no_click)
+    assert len(no_click) > 600 and 0.25 <= share <= 0.42, share
+    # only people who found nothing follow up; bots never do
+    assert followed <= set(no_click)
+    assert len(set(events.loc[events["kind"] == "leave", "request_id"])) > 0.1 * len(no_click)
+    assert set(events["kind"]) <= set(EVENT_KINDS)
+
+
+def test_events_never_precede_their_request(followup_logs):
+    events = followup_logs["events"]
+    assert len(events) > 300 and events["request_ts"].notna().all()
+    assert (events["ts"] >= events["request_ts"]).all()
+    by_request = events.sort_values(["request_id", "ts"]).groupby("request_id")
+    assert all(g["ts"].is_monotonic_increasing for _, g in by_request)
+
+
+def test_text_queries_name_the_products_values_and_are_sometimes_misspelt(
+    followup_logs, small_catalog
+):
+    """Real text to read: words from the photographed product and the templates, with one word
+    now and then misspelt (a word neither the catalog nor the templates use)."""
+    events, truth, rows = followup_logs["events"], followup_logs["truth"], small_catalog["rows"]
+    texts = events[events["kind"] == "text_query"]
+    assert len(texts) > 100 and texts["value"].str.len().max() <= 80
+    vocabulary = set()
+    for row in rows.values():
+        for field in ("category", "colour", "pattern", "index_group", "title"):
+            vocabulary.update(re.findall(r"[a-z]+", str(row.get(field) or "").casefold()))
+    for by_language in TEMPLATES.values():
+        for template in by_language.get("en", ()):
+            vocabulary.update(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", template)))
+    named = misspelt = 0
+    for rid, text in zip(texts["request_id"], texts["value"], strict=True):
+        target = rows[truth.at[rid, "target_product_id"]]
+        values = [str(target.get(f) or "").casefold() for f in ("category", "colour", "pattern")]
+        values.append(str(truth.at[rid, "preferred"] or "").casefold())
+        words = re.findall(r"[a-z]+", text.casefold())
+        named += any(v and v in text.casefold() for v in values) or any(
+            w in str(target.get("title") or "").casefold() for w in words
+        )
+        misspelt += any(w not in vocabulary for w in words)
+    assert named / len(texts) >= 0.8, named / len(texts)
+    assert 0.05 <= misspelt / len(texts) <= 0.28, misspelt / len(texts)  # typo_p: 0.15
+    assert texts["value"].nunique() > 0.3 * len(texts)  # varied, not one canned phrase
+
+
+def test_chinese_templates_appear_when_the_world_asks_for_them(
+    followup_logs, small_catalog, tmp_path
+):
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    default = _text_queries(followup_logs["events"])  # en 0.8, zh 0.2
+    share = sum(bool(cjk.search(t)) for t in default) / len(default)
+    assert 0.08 <= share <= 0.35, share
+    world = small_catalog["world"]
+    for languages, low, high in (({"zh": 1.0}, 0.6, 1.0), ({"en": 1.0}, 0.0, 0.0)):
+        small = {**small_catalog, "world": _with_languages(world, languages)}
+        wh, _ = _run(small, tmp_path, name="-".join(languages), requests=1500)
+        texts = _text_queries(wh.read_pandas(EVENTS))
+        share = sum(bool(cjk.search(t)) for t in texts) / len(texts)
+        assert len(texts) > 30 and low <= share <= high, (languages, share)
+
+
+def test_a_world_without_followups_writes_no_events(small_catalog, tmp_path):
+    quiet = {
+        **small_catalog,
+        "world": small_catalog["world"].model_copy(update={"followups": None}),
+    }
+    wh, summary = _run(quiet, tmp_path, requests=600)
+    assert summary["requests"] == 600 and summary["no_click_ratio"] > 0.2
+    assert not wh.exists(EVENTS) or wh.read(EVENTS).num_rows == 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,33 @@ class Settings(BaseSettings):
     rate_per_user: float = Field(20.0, gt=0, description="requests per second per user")
     rate_per_ip: float = Field(200.0, gt=0, description="requests per second per IP")
     max_in_flight: int = Field(64, ge=1, description="requests in progress before shedding")
+    degrade_in_flight: int | None = Field(
+        None, ge=1, description="in progress above which the planner is skipped (None: 3/4 of max)"
+    )
+    planner: Literal["published", "remote", "none"] = Field(
+        "published",
+        description="published: the embedded planner of artifacts/published; remote: a model "
+        "behind planner_base_url; none: baseline only (triggered requests fall back)",
+    )
+    planner_base_url: str | None = Field(None, description="…/v1 of the remote planner")
+    planner_model: str = Field("default", description="model name sent to the remote planner")
+    planner_images: bool = Field(True, description="send photos to it (False: a text model)")
+    planner_threads: int = Field(2, ge=1, le=64, description="planner calls in flight at once")
+    act: bool = Field(True, description="False: the baseline arm (decide and log, never show)")
+    arm: str = Field("revision", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="A/B arm name")
+    serve_logs: bool = Field(True, description="write the log tables (off: a caller logs)")
+    log_batch_rows: int = Field(512, ge=1, description="requests per log flush")
+    log_flush_s: float = Field(5.0, gt=0, description="longest a logged row waits for a flush")
+    keep_uploads: bool = Field(True, description="store uploaded photos for mining")
+    recent_ttl_s: float = Field(3600.0, gt=0, description="how long a request takes events")
+    reload_interval_s: float = Field(5.0, gt=0, description="publication polling period")
+    metrics_dir: Path | None = Field(None, description="prometheus multiprocess directory")
+    trust_client_time: bool = Field(
+        False, description="accept ts_ms from HTTP clients (simulations; caps follow it)"
+    )
+    fault_planner_delay_ms: float = Field(
+        0.0, ge=0, description="fault injection (drills, benchmarks): slow every planner call"
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -78,6 +106,23 @@ def get_settings() -> Settings:
 def child_env(**overrides: str) -> dict[str, str]:
     """The environment for a child process we start (a llama.cpp server), with overrides."""
     return {**os.environ, **overrides}
+
+
+def launcher_world_size() -> int:
+    """Processes in this distributed launch: `$WORLD_SIZE`, which torchrun and accelerate set
+    for each process they start (not one of ours, so not a `Settings` field); 1 otherwise."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        return 1
+
+
+def export_env(**values: str) -> None:
+    """Set variables for this process and the processes it starts: the CLI, before it starts
+    worker processes that read their own `Settings` (`revision serve --workers N`)."""
+    os.environ.update(values)
+    get_settings.cache_clear()
 
 
 def offline_models() -> None:

@@ -2,7 +2,9 @@
 
 Stages talk through these tables, so this module is the contract between them. A nullable
 column may be left out by a writer (a team's logs rarely have every optional field); a
-non-nullable one may not. A reader or a
+non-nullable one may not. A table's `optional` columns are declared and typed, but only some
+writers give them (the online service's decision on `logs/requests`); readers see them as
+nulls in the other writers' files. A reader or a
 writer imports the declaration (`from revision import tables` … `warehouse.read(tables.SIGNALS)`);
 no table name is spelled anywhere else in `src/`. `Warehouse.write` checks a table against its
 declaration (every declared column present with its type; extra columns only where the table is
@@ -31,6 +33,7 @@ class Table(str):
     readers: frozenset[str]
     open: bool  # writers may add columns beyond `schema` (e.g. a run's metadata)
     required: tuple[str, ...]  # columns every writer must give (default: the non-nullable ones)
+    optional: pa.Schema  # declared columns only some writers give (typed when present)
     doc: str
 
     def __new__(
@@ -43,10 +46,16 @@ class Table(str):
         open: bool = False,
         required: tuple[str, ...] | None = None,
         doc: str = "",
+        optional: pa.Schema | None = None,
     ) -> Table:
         self = super().__new__(cls, name)
         self.schema, self.partitions, self.writers = schema, partitions, writers
         self.readers, self.open, self.doc = readers, open, doc
+        self.optional = optional if optional is not None else pa.schema([])
+        clash = set(self.optional.names) & set(schema.names)
+        if clash:
+            both = ", ".join(sorted(clash))
+            raise ValueError(f"table {name}: {both} declared both in schema and optional")
         if required is None:
             required = tuple(f.name for f in schema if not f.nullable)
         self.required = required
@@ -66,10 +75,15 @@ class Table(str):
     def empty(self) -> pa.Table:
         return self.schema.empty_table()
 
+    @property
+    def full_schema(self) -> pa.Schema:
+        """`schema` followed by the `optional` columns: what a reader may find."""
+        return pa.schema([*self.schema, *self.optional])
+
     def check(self, table: pa.Table) -> str | None:
         """Why `table` does not fit the declaration, or None when it does."""
         have = {f.name: f.type for f in table.schema}
-        for f in self.schema:
+        for f in self.full_schema:
             if f.name not in have:
                 if f.name in self.required:
                     return f"column {f.name!r} is missing (declared {f.type})"
@@ -79,7 +93,8 @@ class Table(str):
             if have[f.name] != f.type:
                 return f"column {f.name!r} is {have[f.name]}, declared {f.type}"
         if not self.open:
-            extra = sorted(set(have) - set(self.schema.names) - set(self.partitions))
+            declared = set(self.full_schema.names) | set(self.partitions)
+            extra = sorted(set(have) - declared)
             if extra:
                 return f"undeclared column(s) {', '.join(extra)}"
         return None
@@ -175,7 +190,27 @@ REQUESTS = _declare(
         ),
         partitions=("dt",),
         writers=_LOG_WRITERS,
-        open=True,  # optional columns (triggered, plan, cache, …) come with the online service
+        open=True,  # a team's logs may carry more
+        # The online service's decision (`revision.search.Decision.log_row`); other writers may
+        # leave these out. `triggered` is the trigger rule's verdict whether or not the arm
+        # acted on it, so the trigger subset can be recomputed from any arm's logs.
+        optional=_schema(
+            ("triggered", pa.bool_()),  # relevance below the threshold and user under the cap
+            ("capped", pa.bool_()),  # relevance was below the threshold, the cap was spent
+            ("threshold", pa.float64()),  # the trigger threshold in force
+            ("shown", pa.bool_()),  # the tools' output reached the user
+            ("plan", pa.string()),  # the planner's completion "<think>…</think> (2) (6)"
+            ("applied", pa.list_(pa.int32())),  # tool indices whose output was committed
+            ("cache", pa.string()),  # decision cache: "hit" | "miss" (null: not looked up)
+            ("fallback", pa.string()),  # why the baseline was served: timeout | error | …
+            ("planner_version", pa.string()),
+            ("toollist_digest", pa.string()),
+            ("cues", pa.string()),  # the response's cues, JSON
+            ("latency_ms", pa.float64()),
+            ("search_ms", pa.float64()),
+            ("planner_ms", pa.float64()),
+            ("tools_ms", pa.float64()),
+        ),
         doc="one row per search request",
     )
 )
@@ -448,7 +483,7 @@ TRUTH = _declare(
         ),
         partitions=("dt",),
         writers=frozenset({"sim"}),
-        readers=frozenset({"eval", "cli", "pipeline"}),
+        readers=frozenset({"eval", "cli", "pipeline", "experiment"}),  # the A/B harness too
         doc="each simulated request's hidden intent: for evaluation only",
     )
 )

@@ -136,6 +136,7 @@ class Warehouse:
         partitioning = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive")
         return ds.dataset(
             [str(f) for f in files],
+            schema=_with_optional(name, files[0], keys),
             format="parquet",
             partitioning=partitioning,
             partition_base_dir=str(folder),
@@ -155,3 +156,18 @@ class Warehouse:
         for name in names:
             con.register(name.replace("/", "_"), self.dataset(name))
         return con
+
+
+def _with_optional(name: str, first: Path, keys: list[str]) -> pa.Schema | None:
+    """A dataset's schema comes from its first file; a declared table's optional columns
+    (`Table.optional`) that this file lacks are added, so that files of other writers that have
+    them (the service's decision columns beside the simulator's rows) are read, not dropped."""
+    spec = declared(name)
+    if spec is None or not len(spec.optional):
+        return None
+    schema = pq.read_schema(first)
+    missing = [f for f in spec.optional if f.name not in schema.names]
+    if not missing:
+        return None
+    own = [f for f in schema if f.name not in keys]
+    return pa.schema([*own, *missing, *(pa.field(k, pa.string()) for k in keys)])

@@ -33,7 +33,8 @@ TableOpt = Annotated[
 FileOpt = Annotated[
     Path | None,
     typer.Option(
-        "--file", help="A text file with one action per line (instead of --table).",
+        "--file",
+        help="A text file with one action per line (instead of --table).",
         show_default=False,
     ),
 ]

@@ -9,9 +9,11 @@ import typer
 from revision.cli import (
     catalog,
     clustering,
+    experiment,
     index,
     logs,
     mining,
+    pipeline,
     planner,
     search,
     serve,
@@ -38,6 +40,8 @@ app.add_typer(mining.app, name="mine")
 app.add_typer(clustering.app, name="cluster")
 app.add_typer(tools.app, name="tools")
 app.add_typer(planner.app, name="planner")
+app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(experiment.app, name="experiment")
 app.command("serve")(serve.serve)
 
 

@@ -297,7 +297,7 @@ def publish_cmd(
     from revision.planner.train import final_checkpoint
 
     wh = open_warehouse(warehouse)
-    ckpt = checkpoint or final_checkpoint(_default_out(wh))
+    ckpt = final_checkpoint(checkpoint or _default_out(wh))
     pub = publish(wh, ckpt, trigger_threshold=threshold)
     if json:
         print_json(pub.as_dict())

@@ -54,10 +54,11 @@ def ctfidf_keywords(groups: Sequence[Counter], top_k: int = 5) -> list[list[str]
 
     score(t, c) = tf(t, c) · log(1 + A / f(t)), with tf the token's share of group c, f(t) its
     count over all groups and A the average number of tokens per group. Words common to every
-    group score low, words frequent in one group high.
+    group score low, words frequent in one group high. One-character tokens (stray letters,
+    digits) are never keywords.
 
-    >>> ctfidf_keywords([Counter(a=3, b=1), Counter(b=1, c=2)], top_k=1)
-    [['a'], ['c']]
+    >>> ctfidf_keywords([Counter(shoes=3, match=1), Counter(match=1, stock=2, x=9)], top_k=1)
+    [['shoes'], ['stock']]
     """
     total: Counter = Counter()
     for g in groups:

@@ -178,6 +178,33 @@ LLM_SYSTEM = (
 )
 
 
+def draft_schema(n_main: int) -> dict[str, Any]:
+    """The reply's JSON schema (a grammar on llama.cpp): at most one main category per
+    candidate group, bounded lists, so even a small model's reply is a complete ontology."""
+
+    def node(**more: Any) -> dict[str, Any]:
+        keywords = {"type": "array", "items": {"type": "string", "minLength": 1}}
+        return {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "keywords": {**keywords, "minItems": 1, "maxItems": 15},
+                **more,
+            },
+            "required": ["name", "keywords", *more],
+            "additionalProperties": False,
+        }
+
+    subs = {"type": "array", "items": node(), "minItems": 1, "maxItems": 8}
+    mains = {"type": "array", "items": node(subcategories=subs), "minItems": 1}
+    return {
+        "type": "object",
+        "properties": {"main_categories": {**mains, "maxItems": max(1, n_main)}},
+        "required": ["main_categories"],
+        "additionalProperties": False,
+    }
+
+
 def _llm_draft(backend: ChatClient, groups, texts, counts, bag) -> list[dict[str, Any]]:
     payload = [
         {
@@ -193,7 +220,10 @@ def _llm_draft(backend: ChatClient, groups, texts, counts, bag) -> list[dict[str
         for i, g in enumerate(groups)
     ]
     reply = extract_json(
-        backend.complete(system_user(LLM_SYSTEM, payload), max_tokens=1200).text, "ontology draft"
+        backend.complete(
+            system_user(LLM_SYSTEM, payload), max_tokens=1200, schema=draft_schema(len(groups))
+        ).text,
+        "ontology draft",
     )
     if not isinstance(reply, dict) or not isinstance(reply.get("main_categories"), list):
         raise InputError('LLM reply for ontology draft: expected {"main_categories": [...]}')

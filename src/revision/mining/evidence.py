@@ -114,11 +114,14 @@ _AUDIENCE_WORDS = {
 
 def audience_of(words: list[str], text: str, audiences) -> str | None:
     """The catalog audience a query names ("for kids" -> "Baby/Children"), else None: a word
-    equal to an audience's own name, or a common word whose stems begin that name."""
+    equal to a word of an audience's own name ("boys"; near it, one typo apart, or inside a
+    longer word, for names of 5+ letters), or a common word whose stems begin that name."""
     tokens = {g: re.findall(r"[a-z]+", g.casefold()) for g in sorted(audiences)}
     for group, parts in tokens.items():
         for part in parts:
             if len(part) >= 5 and (part in text or any(_near(w, part) for w in words)):
+                return group
+            if len(part) >= 3 and part in words:
                 return group
     for word, stems in _AUDIENCE_WORDS.items():
         if not (word in words if word.isascii() else word in text):

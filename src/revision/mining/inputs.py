@@ -33,8 +33,14 @@ _PRODUCT_FIELDS = (
 )
 
 
-def plan_requests(warehouse: Warehouse, table: str, limit: int | None = None) -> list[str]:
-    """The request ids to mine, deduplicated and in a stable order (first `limit` of them)."""
+def plan_requests(
+    warehouse: Warehouse,
+    table: str,
+    limit: int | None = None,
+    days: tuple[str | None, str | None] = (None, None),
+) -> list[str]:
+    """The request ids to mine, deduplicated and in a stable order (first `limit` of them);
+    `days` = (first, last) `dt` partitions to take, inclusive (None: unbounded)."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     data = warehouse.read(table)
@@ -42,6 +48,13 @@ def plan_requests(warehouse: Warehouse, table: str, limit: int | None = None) ->
         raise InputError(f"table {table} has no request_id column: {', '.join(data.column_names)}")
     if "kept" in data.column_names:
         data = data.filter(pc.fill_null(data.column("kept"), False))
+    first, last = days
+    if (first or last) and "dt" not in data.column_names:
+        raise InputError(f"table {table} has no dt partitions to select days from")
+    if first:
+        data = data.filter(pc.greater_equal(data.column("dt"), first))
+    if last:
+        data = data.filter(pc.less_equal(data.column("dt"), last))
     ids = sorted({r for r in data.column("request_id").to_pylist() if r})
     return ids[:limit] if limit else ids
 

@@ -393,6 +393,9 @@ class OpenAIAnalyst(Analyst):
                 for rule, s in fired
             ],
             "allowed_actions": self.actions or [],
+            # What the logs say around the request (history, session, follow-ups with the
+            # user's own text): untrusted data like the rest of the block.
+            "user_context": item.context.as_facts() if item.context is not None else {},
         }
 
     def stage2(

@@ -207,15 +207,17 @@ def prepare_run(
     run: str | None,
     restart: bool,
     options: dict[str, Any],
+    days: tuple[str | None, str | None] = (None, None),
 ) -> RunState:
     """Find the run to resume, or freeze a new plan."""
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if run is not None and not all(c.isalnum() or c in "_.-" for c in run):
         raise InputError(f"run id {run!r}: use letters, digits, '_', '-' or '.'")
-    plan = plan_requests(warehouse, input, limit)
+    plan = plan_requests(warehouse, input, limit, days)
     spec = {
         "input": input,
+        **({"days": list(days)} if any(days) else {}),
         "limit": limit,
         "batch_size": batch_size,
         "fingerprint": fingerprint(backend, options),
@@ -263,6 +265,7 @@ def run_mining(
     options: dict[str, Any] | None = None,
     analyst: Analyst | None = None,
     on_batch: Callable[[int], None] | None = None,
+    days: tuple[str | None, str | None] = (None, None),
 ) -> RunSummary:
     """Mine the kept requests of `input` with `backend`; resumable (see the module docstring).
 
@@ -283,6 +286,7 @@ def run_mining(
         run=run,
         restart=restart,
         options=options,
+        days=days,
     )
     plan = state.plan()
     batches = [plan[i : i + batch_size] for i in range(0, len(plan), batch_size)]

@@ -102,6 +102,21 @@ def latest_checkpoint(path: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def final_checkpoint(out: str | Path) -> Path:
+    """The checkpoint a training run (`revision.planner.train`) ended with (`final.json`),
+    else its newest; here, not in the trainer, so the service finds it without torch."""
+    out = Path(out)
+    meta = out / "final.json"
+    if meta.is_file():
+        return Path(json.loads(meta.read_text())["final"])
+    found = (
+        latest_checkpoint(out) or latest_checkpoint(out / "grpo") or latest_checkpoint(out / "sft")
+    )
+    if found is None:
+        raise InputError(f"{out}: no planner checkpoint (train one with `revision planner train`)")
+    return found
+
+
 def load_checkpoint(
     path: str | Path,
     *,

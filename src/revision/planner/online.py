@@ -35,6 +35,7 @@ class PlanRequest:
     results: Sequence[tuple[str, float, int]]  # (product_id, score, rank) of the baseline
     user_id: str | None = None
     now_ms: int | None = None
+    request_id: str | None = None
     image: Any = None  # the photo (path or bytes), for a remote multimodal planner
     titles: Sequence[str] = ()  # the results' titles (untrusted), for a remote planner
     prices: Sequence[float | None] = ()
@@ -128,7 +129,7 @@ def open_planner(
         publication = load_publication(warehouse)
         checkpoint, features = warehouse.resolve(publication.checkpoint), publication.features
     else:
-        from revision.planner.train import final_checkpoint
+        from revision.planner.checkpoint import final_checkpoint
 
         path = Path(checkpoint)
         if (path / "final.json").is_file():

@@ -20,7 +20,7 @@ from typing import Any
 
 from revision.errors import InputError
 from revision.planner._base import PlannerSample
-from revision.planner.checkpoint import latest_checkpoint
+from revision.planner.checkpoint import final_checkpoint, latest_checkpoint  # noqa: F401
 from revision.planner.grpo import GRPOConfig, GRPOTrainer, hard_samples
 from revision.planner.model import PlannerConfig, PlannerModel
 from revision.planner.sft import SFTConfig, SFTTrainer
@@ -149,15 +149,3 @@ def train_planner(
     report.seconds = round(time.perf_counter() - started, 1)
     (out / "final.json").write_text(json.dumps(report.as_dict(), indent=2, default=str))
     return report
-
-
-def final_checkpoint(out: str | Path) -> Path:
-    """The checkpoint a training run ended with (`final.json`), else its newest."""
-    out = Path(out)
-    meta = out / "final.json"
-    if meta.is_file():
-        return Path(json.loads(meta.read_text())["final"])
-    found = latest_checkpoint(out / "grpo") or latest_checkpoint(out / "sft")
-    if found is None:
-        raise InputError(f"{out}: no planner checkpoint (train one with `revision planner train`)")
-    return found

@@ -144,6 +144,58 @@ TraceEntry = Annotated[ToolTrace | StepTrace, Field(discriminator="type")]
 TRACE = TypeAdapter(list[TraceEntry])
 
 
+# -- the online service's decision around a response ------------------------------------------
+
+FALLBACKS = ("timeout", "error", "malformed", "overload", "unavailable")
+
+
+class Decision(_Typed):
+    """What the online service decided for one request, serialised the same way by the CLI,
+    the HTTP API and the logs (`log_row` gives the `logs/requests` decision columns).
+
+    `triggered` is the trigger rule's verdict (relevance below `threshold` and the user under
+    the daily cap) whether or not the arm acted on it (`act`): the baseline arm computes it by
+    the same rule, so the trigger subset is the same set in every arm. `shown` says whether the
+    tools' output reached the user; `fallback` why the baseline was served instead.
+    """
+
+    arm: str = "revision"
+    act: bool = True
+    triggered: bool = False
+    capped: bool = False  # below the threshold, but the user's daily cap was spent
+    threshold: float | None = None
+    relevance: float = 0.0
+    cache: Literal["hit", "miss"] | None = None  # None: not looked up (not triggered)
+    plan: str | None = None  # the planner's completion, "<think>…</think> (2) (6)"
+    tools: list[int] = []  # the plan's tool indices
+    applied: list[int] = []  # of those, the tools whose output was committed
+    shown: bool = False
+    fallback: Literal["timeout", "error", "malformed", "overload", "unavailable"] | None = None
+    fallback_detail: str | None = None
+    planner_version: str | None = None
+    toollist_digest: str | None = None
+    stages: dict[str, float] = {}  # ms per stage: search, planner, tools, total
+
+    def log_row(self) -> dict[str, Any]:
+        """The decision columns of `logs/requests` (see `revision.tables.REQUESTS.optional`)."""
+        return {
+            "triggered": self.triggered,
+            "capped": self.capped,
+            "threshold": self.threshold,
+            "shown": self.shown,
+            "plan": self.plan,
+            "applied": list(self.applied),
+            "cache": self.cache,
+            "fallback": self.fallback,
+            "planner_version": self.planner_version,
+            "toollist_digest": self.toollist_digest,
+            "latency_ms": self.stages.get("total"),
+            "search_ms": self.stages.get("search"),
+            "planner_ms": self.stages.get("planner"),
+            "tools_ms": self.stages.get("tools"),
+        }
+
+
 @dataclass
 class Query:
     source: str  # the path or name the caller gave
@@ -175,6 +227,7 @@ class SearchResponse:
     applied: list[int] = field(default_factory=list)
     trace: list[TraceEntry] = field(default_factory=list)
     request_id: str | None = None
+    decision: Decision | None = None  # set by the online service
 
     def as_dict(self, extended: bool = False) -> dict[str, Any]:
         """The JSON shape the CLI prints, the service returns and the logs keep."""
@@ -192,6 +245,8 @@ class SearchResponse:
                 cues=CUES.dump_python(self.cues, mode="json"),
                 trace=TRACE.dump_python(self.trace, mode="json"),
             )
+            if self.decision is not None:
+                out["decision"] = self.decision.model_dump(mode="json")
         return out
 
 
@@ -206,6 +261,9 @@ class SearchRequest:
     request_id: str | None = None
     user_id: str | None = None
     source: str | None = None  # a name for the photo in logs and errors
+    ts_ms: int | None = None  # when it was made (ms since the epoch; None: now): a simulated
+    # clock for experiments, which the online service's daily cap and histories follow
+    utc_offset_min: int | None = None  # the user's time zone: the daily cap's day boundary
 
 
 @runtime_checkable

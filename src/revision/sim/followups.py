@@ -190,6 +190,8 @@ class FollowupModel:
             "title": (row.get("title") or "").lower()[:40],
             "price": f"{price * 0.7:.3f}" if price else "",
         }
+        if language == "zh":  # Chinese runs on without spaces; Latin words keep theirs
+            fields = {k: f" {v} " if v.isascii() else v for k, v in fields.items()}
         text = " ".join(template.format(**fields).split())
         if u[3] < self.spec.text.typo_p:
             text = misspell(text, u[4], u[5])

@@ -32,6 +32,7 @@ import hashlib
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -458,8 +459,9 @@ class _Simulation:
             self._catalog_hashes[pid] = content_hash(self.rows[pid]["image_path"])
         return self._catalog_hashes[pid]
 
-    def respond(self, j: int, request_id: str, user_id: str) -> tuple:
-        """(response, product ids, ranks, scores, image, hash) for photo j."""
+    def respond(self, j: int, request_id: str, user_id: str, ts_ms: int) -> tuple:
+        """(response, product ids, ranks, scores, image, hash) for photo j, asked at `ts_ms`
+        (the simulated clock: a service's daily cap counts simulated days)."""
         if self.memoize and j in self.memo:
             return self.memo[j]
         vector, image, image_hash = self.photo(j)
@@ -470,6 +472,7 @@ class _Simulation:
             request_id=request_id,
             user_id=user_id,
             source=self.warehouse.relative(image),
+            ts_ms=ts_ms,
         )
         response = self.searcher.respond(request)
         hits = response.results
@@ -500,6 +503,8 @@ def simulate(
     pool: PhotoPool | None = None,
     memoize: bool | None = None,
     catalog: Warehouse | None = None,
+    arm_of: Callable[[str], str] | None = None,
+    reveal: Callable[[str, dict], None] | None = None,
 ) -> dict:
     """Simulate `requests` requests (total over `days` days from `start_date`) by `users` human
     users plus the world's bots, served by `searcher`; write the log tables and the hidden
@@ -508,6 +513,11 @@ def simulate(
     `pool` reuses an already built photo pool; `memoize` overrides the automatic choice
     (responses memoized per photo for a deterministic searcher); `catalog` is the warehouse
     holding the catalog and its index (default: `warehouse` itself).
+
+    For experiments: `arm_of(user_id)` names the arm that serves each user (the `variant` of
+    their requests in the logs and the truth; `variant` then names the files); `reveal(request_id,
+    truth)` hears each human request's hidden intent just before it is served (evaluation only:
+    the oracle arm of an experiment).
     """
     if days < 1:
         raise InputError(f"--days must be at least 1, got {days}")
@@ -522,6 +532,7 @@ def simulate(
     started = time.perf_counter()
     catalog = catalog if catalog is not None else warehouse
     sim = _Simulation(world, searcher, warehouse, pool, seed, variant, memoize, catalog)
+    sim.arm_of, sim.reveal = arm_of, reveal
     pool_s = time.perf_counter() - started
     population = make_users(world, users, seed, sim.intents, sim.facts.group_counts())
     _write_users(warehouse, population, sim.intents, seed)
@@ -684,18 +695,33 @@ def _run_day(
     clk = {k: [] for k in ("request_id", "product_id", "ts", "dwell_s")}
     ords = {k: [] for k in ("request_id", "product_id", "ts", "price")}
     evs = {k: [] for k in EVENTS.names}
+    decisions: list[dict | None] = []  # the online service's, when it served the request
     tru: dict[str, list] = {k: [] for k in TRUTH.names if k != "variant"}
     for r in range(n):
         rid = _short_id(sim.seed, sim.variant, dt, r) + f"{r:06d}"
         user, is_bot, photo = plan["user"][r], plan["is_bot"][r], plan["photo"][r]
         ts = day_ms + int(plan["t"][r] * 1000)
-        response, pids, ranks, scores, image, image_hash = sim.respond(photo, rid, all_ids[user])
+        if sim.reveal is not None and not is_bot:
+            sim.reveal(
+                rid,
+                {
+                    "intent": plan["intent"][r],
+                    "preferred": plan["preferred"][r],
+                    "target": plan["target"][r],
+                },
+            )
+        response, pids, ranks, scores, image, image_hash = sim.respond(
+            photo, rid, all_ids[user], ts
+        )
         req["request_id"].append(rid)
         req["user_id"].append(all_ids[user])
         req["ts"].append(ts)
         req["image"].append(sim.warehouse.relative(image))  # the warehouse stays movable
         req["image_hash"].append(image_hash)
-        req["relevance"].append(float(response.relevance))
+        decision = getattr(response, "decision", None)
+        # the baseline's relevance: what the trigger rule reads, whatever the arm showed
+        req["relevance"].append(float(decision.relevance if decision else response.relevance))
+        decisions.append(decision.log_row() if decision is not None else None)
         imp["request_id"].extend([rid] * len(pids))
         imp["product_id"].extend(pids)
         imp["rank"].extend(ranks)
@@ -778,10 +804,17 @@ def _run_day(
             orders=len(reaction.orders),
             gmv=gmv,
         )
-    req["variant"] = [sim.variant] * n
-    tru["variant"] = [sim.variant] * n
+    arms = [sim.arm_of(u) if sim.arm_of else sim.variant for u in req["user_id"]]
+    req["variant"] = arms
+    tru["variant"] = arms
+    requests = pa.Table.from_pydict(req, schema=REQUESTS.schema)
+    if any(d is not None for d in decisions):  # log the service's decision beside each request
+        for field in REQUESTS.optional:
+            if any(d is not None and field.name in d for d in decisions):
+                values = [d.get(field.name) if d is not None else None for d in decisions]
+                requests = requests.append_column(field, pa.array(values, field.type))
     return {
-        REQUESTS: pa.Table.from_pydict(req, schema=REQUESTS.schema),
+        REQUESTS: requests,
         IMPRESSIONS: pa.Table.from_pydict(imp, schema=IMPRESSIONS.schema),
         CLICKS: pa.Table.from_pydict(clk, schema=CLICKS.schema),
         ORDERS: pa.Table.from_pydict(ords, schema=ORDERS.schema),

@@ -1,0 +1,184 @@
+"""`revision experiment …`: A/B tests through the online service, their analysis, the loop."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from revision.cli._common import JsonOpt, WarehouseOpt, console, open_warehouse, print_json
+
+app = typer.Typer(
+    help="A/B tests and the weekly loop (paper §IV-A(c), Tables I-III).", no_args_is_help=True
+)
+
+WorldOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--world", help="World file (default: the shipped default world).", show_default=False
+    ),
+]
+
+
+def _split(text: str | None, n: int) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    from revision.errors import InputError
+
+    try:
+        parts = tuple(float(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"--split {text!r}: write shares as 50/50 (one per arm)") from None
+    if len(parts) != n:
+        raise InputError(f"--split {text!r}: {len(parts)} shares for {n} arms")
+    return parts
+
+
+@app.command("run")
+def run(
+    world: WorldOpt = None,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 7,
+    arms: Annotated[
+        str,
+        typer.Option(
+            "--arms",
+            help="Comma-separated: baseline, revision, always_all, random_plan, oracle.",
+        ),
+    ] = "baseline,revision",
+    split: Annotated[
+        str | None, typer.Option("--split", help="Shares per arm, e.g. 50/50.", show_default=False)
+    ] = None,
+    users: Annotated[int, typer.Option(min=1, help="Simulated users.")] = 2000,
+    requests: Annotated[int, typer.Option(min=1, help="Requests in all.")] = 20000,
+    seed: Annotated[int, typer.Option(help="Traffic seed.")] = 0,
+    name: Annotated[str, typer.Option(help="Experiment name (log file names, hash salt).")] = "ab",
+    http: Annotated[
+        bool, typer.Option("--http", help="Serve the revision arm by a real `revision serve`.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="HTML report (default: artifacts/reports/).")
+    ] = None,
+    warehouse: WarehouseOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Simulate an A/B test through the online service and analyse it.
+
+    Users are split by a stable hash; every arm is the real service with the same trigger
+    rule and daily cap; the baseline arm decides and logs but never acts.
+
+    Example: revision experiment run --days 7 --arms baseline,revision,always_all,oracle
+    """
+    from revision.experiment.analyze import analyze
+    from revision.experiment.report import write_report
+    from revision.experiment.run import ExperimentConfig, run_experiment
+
+    wh = open_warehouse(warehouse)
+    arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
+    config = ExperimentConfig(
+        world=world,
+        arms=arm_list,
+        split=_split(split, len(arm_list)),
+        days=days,
+        users=users,
+        requests=requests,
+        seed=seed,
+        name=name,
+        http=http,
+    )
+    summary = run_experiment(wh, config)
+    analysis = analyze(wh, days=tuple(summary["days"]))
+    path = write_report(wh, analysis, report, title=f"Experiment {name}", run=summary)
+    out = {"run": summary, "analysis": analysis, "report": str(path)}
+    if json:
+        print_json(out)
+        return
+    _print(analysis)
+    console.print(f"report: {path}")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    baseline: Annotated[str, typer.Option(help="The control arm.")] = "baseline",
+    first_day: Annotated[str | None, typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
+    last_day: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="HTML report path.")] = None,
+    warehouse: WarehouseOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Analyse experiment logs (any logs whose requests carry an arm in `variant` and the
+    trigger rule's `triggered`): lifts with 95% intervals and p-values, per arm, for all
+    requests and the trigger subset; per hidden intent when the simulator's truth exists.
+
+    Example: revision experiment analyze --from 2025-06-09 --to 2025-06-15 --json
+    """
+    from revision.experiment.analyze import analyze
+    from revision.experiment.report import write_report
+
+    wh = open_warehouse(warehouse)
+    days = (
+        (first_day or "0000-01-01", last_day or "9999-12-31") if (first_day or last_day) else None
+    )
+    analysis = analyze(wh, baseline=baseline, days=days)
+    path = write_report(wh, analysis, report, title="Experiment analysis")
+    if json:
+        print_json({"analysis": analysis, "report": str(path)})
+        return
+    _print(analysis)
+    console.print(f"report: {path}")
+
+
+def _print(analysis: dict) -> None:
+    console.print(
+        f"{analysis['requests']} requests, arms {', '.join(analysis['arms'])}; "
+        f"trigger share {analysis['trigger_share']}"
+    )
+    for subset in ("triggered", "all"):
+        for arm, block in analysis[subset].items():
+            lifts = block["lift"]
+            parts = [
+                f"{m} {v['lift']:+.1%} [{v['ci95'][0]:+.1%}, {v['ci95'][1]:+.1%}] p={v['p']:.3f}"
+                for m, v in lifts.items()
+                if v.get("lift") is not None and m in ("no_click_ratio", "ctr", "gmv_per_request")
+            ]
+            console.print(f"  {subset:>9} {arm:>12}: " + "; ".join(parts), highlight=False)
+    for note in analysis.get("notes", []):
+        console.print(f"  [yellow]note:[/] {note}")
+
+
+@app.command("loop")
+def loop(
+    world: WorldOpt = None,
+    weeks: Annotated[int, typer.Option(min=2, help="Weeks: the first is baseline traffic.")] = 3,
+    users: Annotated[int, typer.Option(min=1, help="Simulated users.")] = 2000,
+    requests: Annotated[int, typer.Option(min=1, help="Requests per week.")] = 8000,
+    seed: Annotated[int, typer.Option(help="Traffic seed of the first week.")] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Planner SFT epochs per week.")] = 4,
+    grpo_steps: Annotated[int, typer.Option(min=0, help="Planner GRPO steps per week.")] = 30,
+    warehouse: WarehouseOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """The loop that learns from its own traffic: week 1 baseline, then each week an A/B test
+    (baseline vs the planner the weekly pipeline published from the weeks before), and the
+    pipeline mines that week's logs too (tools shown and used included).
+
+    Example: revision experiment loop --weeks 3 --requests 8000
+    """
+    from revision.experiment.loop import run_loop
+
+    report = run_loop(
+        open_warehouse(warehouse),
+        world=world,
+        weeks=weeks,
+        users=users,
+        requests=requests,
+        seed=seed,
+        sft_epochs=epochs,
+        grpo_steps=grpo_steps,
+    )
+    if json:
+        print_json(report)
+        return
+    for week in report["weeks"]:
+        console.print(jsonlib.dumps(week, default=str), highlight=False)

@@ -1,0 +1,1 @@
+"""One route module per resource: search, events, health (and metrics), the page."""
