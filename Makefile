@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch is pinned in the same command as everything that depends on it, so pip never pulls a
 # multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev]'
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev,serve]'
 	touch $(STAMP)
 
 # The test suite also drives a real llama.cpp server, a local Ray cluster, the TRL path on a

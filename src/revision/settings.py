@@ -50,6 +50,7 @@ class Settings(BaseSettings):
         None, description="relevance below which the planner runs (None: from the logs)"
     )
     daily_cap: int = Field(5, ge=0, description="triggered responses per user and day")
+    decision_cache: bool = Field(True, description="reuse plans for near-duplicate photos")
     cache_threshold: float = Field(0.85, gt=0, le=1, description="decision-cache similarity")
     cache_ttl_s: float = Field(7 * 86400.0, gt=0)
     planner_timeout_ms: float = Field(40.0, gt=0)

@@ -82,22 +82,23 @@ class RandomPlan(_Reference):
 
 
 class Oracle(_Reference):
-    """Runs the tool that serves the request's hidden intent (evaluation only)."""
+    """Runs the tool that serves the request's hidden intent (evaluation only); among several,
+    the one whose title names what the user holds back (care rather than material)."""
 
-    def __init__(self, serves: dict[int, set[str]], toollist_digest: str):
+    def __init__(self, serves: dict[int, set[str]], titles: dict[int, str], toollist_digest: str):
         super().__init__("oracle", toollist_digest)
-        self.serves = serves
-        self.hidden: dict[str, str] = {}  # request_id -> intent, filled by the simulator
+        self.serves, self.titles = serves, titles
+        self.hidden: dict[str, dict] = {}  # request_id -> truth, filled by the simulator
         self.lock = threading.Lock()
 
     def reveal(self, request_id: str, truth: dict) -> None:
         with self.lock:
-            self.hidden[request_id] = truth.get("intent")
+            self.hidden[request_id] = truth
 
     def tools(self, request: PlanRequest) -> list[int]:
         with self.lock:
-            intent = self.hidden.pop(request.request_id or "", None)
-        for index, intents in sorted(self.serves.items()):
-            if intent in intents:
-                return [index]
-        return []
+            truth = self.hidden.pop(request.request_id or "", {})
+        intent, preferred = truth.get("intent"), str(truth.get("preferred") or "").lower()
+        serving = [i for i, intents in sorted(self.serves.items()) if intent in intents]
+        named = [i for i in serving if preferred and preferred in self.titles.get(i, "").lower()]
+        return (named or serving)[:1]

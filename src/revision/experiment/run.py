@@ -80,6 +80,17 @@ class Router:
     def respond(self, request: SearchRequest) -> SearchResponse:
         return self.searchers[self.arm_of(request.user_id or "")].respond(request)
 
+    def answer(self, request_id: str, user_id: str, choice: str, ts_ms: int):
+        """A user answered the question of a response: the refined response, if the arm's
+        searcher takes answers (the service does)."""
+        searcher = self.searchers[self.arm_of(user_id)]
+        if not hasattr(searcher, "record_event"):
+            return None
+        from revision.serve.service import Event
+
+        event = Event(request_id, "question_answer", value=choice, user_id=user_id, ts_ms=ts_ms)
+        return searcher.record_event(event)
+
 
 def next_day(warehouse: Warehouse) -> date:
     """The day after the warehouse's last logged request day (its first day when empty)."""
@@ -121,10 +132,12 @@ def build_arms(
             elif arm == "random_plan":
                 planner = RandomPlan(live, tools.digest, mean_tools, seed=config.seed)
             else:
-                planner = oracle = Oracle(tool_intents(tools), tools.digest)
+                titles = {e.index: e.title for e in tools.active()}
+                planner = oracle = Oracle(tool_intents(tools), titles, tools.digest)
             searchers[arm] = RevisionService(
                 base.engine,
-                settings=settings,
+                # a reference planner decides per request (the oracle per user): no reuse
+                settings=settings.model_copy(update={"decision_cache": False}),
                 planner=planner,
                 tools=tools,
                 histories=base.histories,

@@ -388,7 +388,7 @@ class RevisionService:
         if decision.triggered:
             if active.planner is None:
                 decision.fallback, decision.fallback_detail = "unavailable", active.error
-            else:
+            elif self.settings.decision_cache:
                 hit = self.cache.get(raw)
                 decision.cache = "miss" if hit is None else "hit"
                 if hit is not None:
@@ -467,7 +467,8 @@ class RevisionService:
             decision.fallback = {"timeout": "timeout", "malformed": "malformed"}.get(kind, "error")
             decision.fallback_detail = outcome.error
             return None
-        self.cache.put(front.raw, outcome.completion, key=active.key)
+        if self.settings.decision_cache:
+            self.cache.put(front.raw, outcome.completion, key=active.key)
         return outcome.completion
 
     def _call_planner(self, planner, request: PlanRequest, call: _Call) -> PlanOutcome:

@@ -24,6 +24,10 @@ Rules worth knowing:
   the same way every time, so its responses are computed once per distinct photo (memoized);
   any other is called for every request.
 - The users' reactions (examination, clicks, purchases) live in `revision.sim.behaviour`.
+- A searcher that can take an answer (`answer(request_id, user_id, choice, ts_ms)`, the online
+  service) gets one when its response asked a preference question offering what a `preference`
+  user wants: the refined results are what that user then examines (logged as further
+  impressions of the same request).
 """
 
 from __future__ import annotations
@@ -733,6 +737,21 @@ def _run_day(
             reaction = sim.behaviour.bot(pids, ts, plan["bot_click_p"][r], uni[r])
         else:
             cues = plain_cues(response.cues)
+            choice = _answer(cues, intent, plan["preferred"][r])
+            answer = getattr(sim.searcher, "answer", None)
+            refined = answer(rid, all_ids[user], choice, ts + 3000) if choice and answer else None
+            if refined is not None and refined.results:  # the question re-ran the search
+                k = len(pids)
+                response, cues = refined, plain_cues(refined.cues)
+                pids = [h.product_id for h in refined.results]
+                ranks = [k + (h.rank or i + 1) for i, h in enumerate(refined.results)]
+                imp["request_id"].extend([rid] * len(pids))
+                imp["product_id"].extend(pids)
+                imp["rank"].extend(ranks)
+                imp["score"].extend(float(h.score) for h in refined.results)
+                imp["source"].extend(h.source for h in refined.results)
+                imp["tool"].extend(h.tool for h in refined.results)
+                ranks = [rk - k for rk in ranks]  # as the user sees them: a fresh list
             sats, whole = sim.behaviour.satisfaction(
                 intent,
                 target,
@@ -759,8 +778,7 @@ def _run_day(
             no_click = first_s is None or first_s > NO_CLICK_WINDOW_S
             preferred = plan["preferred"][r]
             events = sim.followups.events(intent, target, preferred, no_click, fu[r], fz[r])
-            answer = _answer(cues, intent, preferred)
-            for kind, value_, delay in ([("question_answer", answer, 3.0)] if answer else []) + [
+            for kind, value_, delay in ([("question_answer", choice, 3.0)] if choice else []) + [
                 (e.kind, e.value, e.delay_s) for e in events
             ]:
                 evs["request_id"].append(rid)

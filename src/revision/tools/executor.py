@@ -463,13 +463,23 @@ class _Run:
     def _guarded(self, ctx: SearchContext, stages: list[ToolStage], coro) -> None:
         """Run `coro` on the loop; whatever goes wrong, the main search carries on."""
         try:
-            asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError as exc:  # the request's loop is gone: its caller stopped waiting
+            coro.close()
+            self._record_missing(ctx, stages, exc)
+            return
+        try:
+            future.result()
         except Exception as exc:  # the executor's own failure: record it, keep the baseline
-            done = {e.index for e in ctx.trace if isinstance(e, ToolTrace)}
-            for s in stages:
-                for step in self.by_stage[s]:
-                    if step.index not in done:
-                        self._record(ctx, step, s, f"{type(exc).__name__}: {exc}")
+            self._record_missing(ctx, stages, exc)
+
+    def _record_missing(self, ctx: SearchContext, stages: list[ToolStage], exc: Exception):
+        """A trace entry for each tool of `stages` that has none yet."""
+        done = {e.index for e in ctx.trace if isinstance(e, ToolTrace)}
+        for s in stages:
+            for step in self.by_stage[s]:
+                if step.index not in done:
+                    self._record(ctx, step, s, f"{type(exc).__name__}: {exc}")
 
     def on_query(self, ctx: SearchContext) -> None:
         """The photo is encoded: release the preparations waiting for the embedding, and run
