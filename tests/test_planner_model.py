@@ -265,6 +265,39 @@ def test_sft_loss_falls_and_weights_change(task, sft_model):
     assert out.checkpoint == load_checkpoint(out_dir).path
 
 
+def test_dropout_regularises_training_only(task, tmp_path):
+    """Dropout and result masking change the training steps, never what a trained model says."""
+    samples, tokenizer, cfg = task
+    model = scrambled(PlannerModel(cfg), std=0.15)
+    f = prefix_tensors([samples[0].features], cfg)
+    tokens = torch.tensor([[BOS, THINK, 300, THINK_END]])
+    model.dropout = 0.5
+    with torch.no_grad():
+        model.eval()
+        a, b = model(f, tokens), model(f, tokens)
+        torch.testing.assert_close(a, b)  # eval mode ignores the dropout
+        model.train()
+        c = model(f, tokens)
+    assert not torch.allclose(a, c)  # training mode drops
+    model.dropout = 0.0
+    np.testing.assert_allclose(  # the numpy decoder (inference) agrees with eval-mode torch
+        NumpyDecoder(model.numpy_weights(), cfg).prefill(
+            prefix_arrays([samples[0].features], cfg), tokens.numpy()
+        )[0][0],
+        a[0, -1].numpy(),
+        atol=1e-4,
+    )
+    runs = {}
+    for name, kw in {"plain": {}, "regularised": {"dropout": 0.3, "drop_results": 0.3}}.items():
+        m = fresh_model(cfg)
+        args = sft_args(tmp_path / name, num_train_epochs=1, **kw)
+        runs[name] = SFTTrainer(m, tokenizer, samples, args, TOOLLIST).train().history
+        assert m.dropout == 0.0  # the trainer leaves the model as inference expects it
+    assert [r["loss"] for r in runs["plain"]] != [r["loss"] for r in runs["regularised"]]
+    with pytest.raises(ConfigError, match="dropout"):
+        sft_args(tmp_path / "bad", dropout=1.0)
+
+
 def test_report_escapes_untrusted_text(task, tmp_path):
     samples, tokenizer, cfg = task
     evil = copy.deepcopy(samples[:4])

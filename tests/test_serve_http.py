@@ -65,11 +65,15 @@ def test_daily_cap_holds_across_two_worker_processes_with_redis(base, photos, tm
             ServiceClient(url).wait_ready(180)
             with httpx.Client(base_url=url, timeout=120) as http:
 
-                def post(user: str, photo: bytes, rid: str | None = None) -> httpx.Response:
+                def post(
+                    user: str, photo: bytes, rid: str | None = None, fresh: bool = False
+                ) -> httpx.Response:
                     data = {"user_id": user, **({"request_id": rid} if rid else {})}
                     files = {"photo": ("p.jpg", photo, "image/jpeg")}
+                    # a kept-alive connection stays with the worker that accepted it
+                    headers = {"Connection": "close"} if fresh else {}
                     for _ in range(60):  # the second worker may still be loading: 503
-                        r = http.post("/v1/search", data=data, files=files)
+                        r = http.post("/v1/search", data=data, files=files, headers=headers)
                         if r.status_code != 503:
                             return r
                         time.sleep(float(r.headers.get("Retry-After", "1")))
@@ -87,7 +91,7 @@ def test_daily_cap_holds_across_two_worker_processes_with_redis(base, photos, tm
                 workers = {r.headers["x-revision-worker"] for r in got}
                 extra = 0
                 while len(workers) < 2 and extra < 200:  # (the OS may favour one worker)
-                    r = post(f"other{extra}", photos[0])
+                    r = post(f"other{extra}", photos[0], fresh=True)
                     workers.add(r.headers["x-revision-worker"])
                     extra += 1
                 assert len(workers) == 2, "only one worker answered"

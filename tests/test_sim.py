@@ -394,6 +394,49 @@ def test_a_hook_with_metadata_cues_serves_info_requests(small_catalog, tmp_path)
     assert after["per_intent"]["exact"] == before["per_intent"]["exact"]
 
 
+class _AskingSearcher:
+    """Asks every user which colour they meant and, once answered, shows that colour."""
+
+    deterministic = False
+
+    def __init__(self, pipeline, rows):
+        self.pipeline, self.rows, self.category = pipeline, rows, {}
+
+    def respond(self, request):
+        response = self.pipeline.respond(request)
+        category = self.rows[response.results[0].product_id].get("category")
+        self.category[request.request_id] = category
+        colours = {r.get("colour") for r in self.rows.values() if r.get("category") == category}
+        options = sorted(c for c in colours if c)
+        response.cues.append({"type": "question", "attribute": "colour", "options": options})
+        return response
+
+    def answer(self, request_id, user_id, choice, ts_ms):
+        category = self.category[request_id]
+        pids = [
+            pid
+            for pid, r in self.rows.items()
+            if r.get("category") == category and r.get("colour") == choice
+        ][:10]
+        hits = [Hit(pid, 1.0, rank=i + 1) for i, pid in enumerate(pids)]
+        return SearchResponse(query=request_id, results=hits, relevance=1.0, latency_ms=0.0)
+
+
+def test_an_answered_question_serves_preference_requests(small_catalog, tmp_path):
+    """The user who taps their colour sees the refined list under the question they answered:
+    the preference is served there (the question stays on screen), and they click."""
+    base = SearchPipeline(small_catalog["engine"])
+    _, before = _run(small_catalog, tmp_path, name="a", pipeline=base, requests=800)
+    asking = _AskingSearcher(base, small_catalog["rows"])
+    wh, after = _run(small_catalog, tmp_path, name="b", pipeline=asking, requests=800)
+    answers = wh.read_pandas(EVENTS)
+    assert (answers["kind"] == "question_answer").sum() > 0
+    pref_before, pref_after = before["per_intent"]["preference"], after["per_intent"]["preference"]
+    assert pref_before["satisfied_rate"] == 0.0
+    assert pref_after["satisfied_rate"] > 0.3
+    assert pref_after["no_click_ratio"] < pref_before["no_click_ratio"] - 0.1
+
+
 def test_empty_days_are_reported_and_written_empty(small_catalog, tmp_path):
     wh, s = _run(small_catalog, tmp_path, requests=0, days=2)
     assert s["empty_days"] == ["2025-06-02", "2025-06-03"] and s["requests"] == 0

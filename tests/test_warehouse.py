@@ -50,6 +50,14 @@ def test_rewrite_replaces_and_leaves_no_temp_files(tmp_path):
     wh.write("t", pa.table({"x": [2]}))
     assert wh.read("t").column("x").to_pylist() == [2]
     assert [p.name for p in (tmp_path / "t").iterdir()] == ["part.parquet"]
+    # a writer killed mid-file left its temp file: the next write of that file sweeps it
+    (tmp_path / "t" / ".part.parquet.0123abcd.tmp").write_bytes(b"PAR1 half")
+    (tmp_path / "t" / ".other.parquet.0123abcd.tmp").write_bytes(b"another file's")
+    wh.write("t", pa.table({"x": [3]}))
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        ".other.parquet.0123abcd.tmp",
+        "part.parquet",
+    ]
 
 
 def test_duckdb_views_query_tables(tmp_path):

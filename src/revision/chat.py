@@ -181,7 +181,7 @@ class ChatClient:
         first = self._payload(
             messages, model=model, max_tokens=max_tokens, schema=schema, extra=extra, attempt=0
         )
-        key = hashlib.sha256(json.dumps(first, sort_keys=True, default=str).encode()).hexdigest()
+        key = _cache_key(first, None if "response_format" in (extra or {}) else schema)
         cached = self._cache_get(key)
         if cached is not None:
             try:
@@ -320,6 +320,14 @@ class ChatClient:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(content, encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _cache_key(payload: dict[str, Any], schema: dict | None) -> str:
+    """The reply cache's key: the request without the server's dialect for the schema
+    (`json_schema`, or llama.cpp's `json_object`), which a client learns on its first call: a
+    rerun that has not learnt it yet still finds the replies of the run that had."""
+    body = {**payload, "response_format": {"schema": schema}} if schema is not None else payload
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def data_block(data: Any) -> str:

@@ -102,6 +102,8 @@ class Warehouse:
             folder = folder / f"{key}={value}"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / file
+        for stale in folder.glob(f".{file}.*.tmp"):  # left by a writer killed mid-file
+            stale.unlink(missing_ok=True)
         tmp = folder / f".{file}.{uuid.uuid4().hex}.tmp"
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, target)

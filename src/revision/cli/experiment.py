@@ -89,6 +89,7 @@ def run(
     )
     summary = run_experiment(wh, config)
     analysis = analyze(wh, days=tuple(summary["days"]))
+    _add_relevance(wh, analysis, tuple(summary["days"]), world)
     path = write_report(wh, analysis, report, title=f"Experiment {name}", run=summary)
     out = {"run": summary, "analysis": analysis, "report": str(path)}
     if json:
@@ -104,12 +105,15 @@ def analyze_cmd(
     first_day: Annotated[str | None, typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
     last_day: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="HTML report path.")] = None,
+    world: WorldOpt = None,
     warehouse: WarehouseOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Analyse experiment logs (any logs whose requests carry an arm in `variant` and the
     trigger rule's `triggered`): lifts with 95% intervals and p-values, per arm, for all
-    requests and the trigger subset; per hidden intent when the simulator's truth exists.
+    requests and the trigger subset; per hidden intent, and top-1 / top-4 relevance against
+    the baseline on each arm's requests (`--world` gives the predicates), when the simulator's
+    truth exists.
 
     Example: revision experiment analyze --from 2025-06-09 --to 2025-06-15 --json
     """
@@ -121,12 +125,124 @@ def analyze_cmd(
         (first_day or "0000-01-01", last_day or "9999-12-31") if (first_day or last_day) else None
     )
     analysis = analyze(wh, baseline=baseline, days=days)
+    _add_relevance(wh, analysis, days, world)
     path = write_report(wh, analysis, report, title="Experiment analysis")
     if json:
         print_json({"analysis": analysis, "report": str(path)})
         return
     _print(analysis)
     console.print(f"report: {path}")
+
+
+@app.command("relevance")
+def relevance_cmd(
+    judge: Annotated[
+        str, typer.Option("--judge", help="truth (the simulator's hidden intents) or llm.")
+    ] = "truth",
+    arm: Annotated[str, typer.Option(help="The arm whose requests and results are judged.")] = (
+        "revision"
+    ),
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Judge a seeded random sample of N requests.", show_default=False),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url",
+            help="llm: the OpenAI-compatible server (…/v1; default $REVISION_LLM_BASE_URL).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="llm: the model name sent (default $REVISION_LLM_MODEL).", show_default=False
+        ),
+    ] = None,
+    images: Annotated[
+        bool, typer.Option("--images", help="llm: send the query photo too (a VLM).")
+    ] = False,
+    world: WorldOpt = None,
+    first_day: Annotated[str | None, typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
+    last_day: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD).")] = None,
+    seed: Annotated[int, typer.Option(help="Sample and bootstrap seed.")] = 0,
+    warehouse: WarehouseOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Top-1 / top-4 relevance of the baseline and an arm on the same requests (Table I).
+
+    For each request of the arm's logs, the arm's first four results (what it showed) and the
+    baseline's (the plain visual search of the same photo, run again) are judged relevant to
+    the user's need or not: by the simulator's predicate on the hidden intent (`--judge truth`,
+    evaluation only; `--world` gives its thresholds), or by a language model (`--judge llm`,
+    any OpenAI-compatible server; replies are cached). Prints the rates and the difference in
+    points with a 95% bootstrap interval over users, for all requests and the trigger subset.
+
+    Example: revision experiment relevance --judge llm --base-url http://127.0.0.1:8080/v1 --json
+    """
+    from revision.experiment.judges import get_judge
+    from revision.experiment.relevance import evaluate_relevance
+
+    wh = open_warehouse(warehouse)
+    days = (
+        (first_day or "0000-01-01", last_day or "9999-12-31") if (first_day or last_day) else None
+    )
+    if judge == "llm":
+        options: dict = {"base_url": base_url, "model": model, "images": images}
+    else:
+        options = {"world": world}
+    judged = get_judge(judge, wh, **options)
+    try:
+        report = evaluate_relevance(wh, judged, arm=arm, days=days, limit=limit, seed=seed)
+    finally:
+        judged.close()
+    if json:
+        print_json(report)
+        return
+    _print_relevance(report)
+
+
+def _print_relevance(report: dict) -> None:
+    console.print(
+        f"relevance by the {report['judge']} judge: {report['evaluated']} requests of arm "
+        f"{report['arm']}, {report['pairs']} pairs judged",
+        highlight=False,
+    )
+    for subset in ("all", "triggered"):
+        block = report.get(subset)
+        if not block:
+            continue
+        console.print(
+            f"  {subset}: {block['requests']} requests, {block['users']} users",
+            highlight=False,
+        )
+        for k in ("top1", "top4"):
+            m = block[k]
+            if m.get("diff_points") is None:
+                console.print(f"    {k}: nothing judged ({m['unjudged']} unjudged)")
+                continue
+            lo, hi = m.get("ci95") or (float("nan"), float("nan"))
+            console.print(
+                f"    {k}: baseline {m['baseline']:.1%}, {report['arm']} {m['arm']:.1%}: "
+                f"{m['diff_points']:+.1f} points [{lo:+.1f}, {hi:+.1f}], p={m['p']:.3f}"
+                + (f" ({m['unjudged']} unjudged)" if m["unjudged"] else ""),
+                highlight=False,
+            )
+    for note in report.get("notes", []):
+        console.print(f"  [yellow]note:[/] {note}")
+
+
+def _add_relevance(wh, analysis: dict, days, world) -> None:
+    """Table I beside the A/B figures, where the simulator's truth exists (evaluation only)."""
+    from revision.experiment.relevance import truth_relevance
+
+    found, notes = truth_relevance(
+        wh, analysis["arms"], baseline=analysis["baseline"], world=world, days=days
+    )
+    if found:
+        analysis["relevance"] = found
+    analysis["notes"].extend(notes)
 
 
 def _print(analysis: dict) -> None:
@@ -143,6 +259,8 @@ def _print(analysis: dict) -> None:
                 if v.get("lift") is not None and m in ("no_click_ratio", "ctr", "gmv_per_request")
             ]
             console.print(f"  {subset:>9} {arm:>12}: " + "; ".join(parts), highlight=False)
+    for rel in (analysis.get("relevance") or {}).values():
+        _print_relevance(rel)
     for note in analysis.get("notes", []):
         console.print(f"  [yellow]note:[/] {note}")
 

@@ -97,6 +97,13 @@ def train(
     epochs: Annotated[int, typer.Option(min=1, help="SFT epochs.")] = 6,
     grpo_steps: Annotated[int, typer.Option(min=0, help="GRPO steps (0: SFT only).")] = 60,
     generations: Annotated[int, typer.Option(min=2, help="GRPO group size G.")] = 8,
+    dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="SFT dropout (training only).")
+    ] = 0.2,
+    drop_results: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.9, help="SFT: share of result tokens hidden per sample."),
+    ] = 0.3,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     warehouse: WarehouseOpt = None,
     json: JsonOpt = False,
@@ -141,6 +148,8 @@ def train(
                 sft_epochs=epochs,
                 grpo_steps=grpo_steps,
                 num_generations=generations,
+                dropout=dropout,
+                drop_results=drop_results,
                 skip_grpo=grpo_steps == 0,
             ),
             doc.digest,

@@ -44,13 +44,13 @@ class _Block(nn.Module):
         self.gate_up = nn.Linear(c.d_model, 2 * c.ffn_hidden, bias=False)
         self.down = nn.Linear(c.ffn_hidden, c.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.out(attn.transpose(1, 2).reshape(b, n, d))
+        x = x + F.dropout(self.out(attn.transpose(1, 2).reshape(b, n, d)), dropout, self.training)
         gate, up = self.gate_up(self.ffn_norm(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        return x + F.dropout(self.down(F.silu(gate) * up), dropout, self.training)
 
 
 class PlannerModel(nn.Module):
@@ -73,6 +73,7 @@ class PlannerModel(nn.Module):
         self.context_proj = nn.Linear(c.context_dim, c.d_model, bias=False)
         self.blocks = nn.ModuleList(_Block(c) for _ in range(c.n_layers))
         self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+        self.dropout = 0.0  # training only (set by the SFT trainer); inference never drops
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 # residual outputs scaled down so the stream's variance does not grow with depth
@@ -99,7 +100,8 @@ class PlannerModel(nn.Module):
 
     def forward(self, prefix: Mapping[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """Logits (B, n, V) at the text positions of `tokens` (B, n), right-padded with `<pad>`."""
-        x = torch.cat([self.embed_prefix(prefix), self.tok_emb(tokens)], dim=1)
+        soft = F.dropout(self.embed_prefix(prefix), self.dropout, self.training)
+        x = torch.cat([soft, self.tok_emb(tokens)], dim=1)
         length = x.shape[1]
         x = x + self.pos_emb[:length]
         # keys that may be attended: query, present results, context, every text token
@@ -109,7 +111,7 @@ class PlannerModel(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         mask = causal & valid[:, None, None, :]
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, self.dropout)
         h = self.norm(x[:, self.config.prefix_len :])
         return h @ self.tok_emb.weight.T
 

@@ -36,11 +36,17 @@ __all__ = ["SFTConfig", "SFTTrainer", "TrainOutput"]
 class SFTConfig(TrainConfig):
     batch_size: int = 32
     answer_weight: float = 1.0  # loss weight of the plan's tokens against the thinking's
+    dropout: float = 0.0  # on the soft tokens and the residual branches, training only
+    drop_results: float = 0.0  # share of result tokens hidden per sample (augmentation)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size}: must be at least 1")
+        if not (0 <= self.dropout < 1 and 0 <= self.drop_results < 1):
+            raise ConfigError(
+                f"dropout={self.dropout}, drop_results={self.drop_results}: use shares in [0, 1)"
+            )
         if self.answer_weight <= 0:
             raise ConfigError(f"answer_weight={self.answer_weight}: must be positive")
 
@@ -87,8 +93,17 @@ class SFTTrainer(Trainer):
     def _step(self, step: int) -> dict:
         idx = batch_indices(step, len(self.samples), self.args.batch_size, self.args.seed)
         prefix = prefix_tensors([self.samples[i].features for i in idx], self.model.config)
+        if self.args.drop_results:
+            gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step)
+            keep = torch.rand(prefix["result_mask"].shape, generator=gen) >= self.args.drop_results
+            keep[:, 0] = True  # the first result stays: it is what the photo matched
+            prefix["result_mask"] = prefix["result_mask"] & keep
         tokens = pad_tokens([self._ids[i] for i in idx])
-        loss = self.model.loss(prefix, tokens, self.args.answer_weight)
+        self.model.dropout = self.args.dropout
+        try:
+            loss = self.model.loss(prefix, tokens, self.args.answer_weight)
+        finally:
+            self.model.dropout = 0.0
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)

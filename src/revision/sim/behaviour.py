@@ -67,7 +67,7 @@ class UserBehaviour:
             if key is not None:
                 self._satisfies_memo[key] = sats
         whole = (
-            satisfied(intent, trow, response, products=rows, user=state, params=params)
+            satisfied(intent, trow, response, products=rows, user=state, params=params, cues=cues)
             if cues
             else any(sats)
         )

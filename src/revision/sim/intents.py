@@ -228,12 +228,15 @@ def satisfied(
     products: Mapping[str, Row],
     user: UserState | None = None,
     params: PredicateParams = DEFAULT_PARAMS,
+    cues: Sequence[Mapping[str, Any]] | None = None,
 ) -> bool:
     """Does a `SearchResponse` serve `intent`? True when any shown result does, or, for `info`,
     when a metadata cue with the wanted field is about a product of the target's design (even
-    one not among the results: the details are on screen). `products` maps product_id -> row.
+    one not among the results: the details are on screen). `products` maps product_id -> row;
+    `cues` (default: the response's) are what the user has on screen, which after answering a
+    question still includes the question.
     """
-    cues = plain_cues(response.cues or ())
+    cues = plain_cues(response.cues or ()) if cues is None else plain_cues(cues)
     for hit in response.results:
         row = products.get(hit.product_id)
         if row is not None and satisfies(intent, target, row, cues, user, params):

@@ -33,6 +33,7 @@ Rules worth knowing:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections import Counter, defaultdict
@@ -700,6 +701,7 @@ def _run_day(
     ords = {k: [] for k in ("request_id", "product_id", "ts", "price")}
     evs = {k: [] for k in EVENTS.names}
     decisions: list[dict | None] = []  # the online service's, when it served the request
+    shown_cues: list[str | None] = []  # the response's cues, JSON, as the service logs them
     tru: dict[str, list] = {k: [] for k in TRUTH.names if k != "variant"}
     for r in range(n):
         rid = _short_id(sim.seed, sim.variant, dt, r) + f"{r:06d}"
@@ -726,6 +728,7 @@ def _run_day(
         # the baseline's relevance: what the trigger rule reads, whatever the arm showed
         req["relevance"].append(float(decision.relevance if decision else response.relevance))
         decisions.append(decision.log_row() if decision is not None else None)
+        shown_cues.append(json.dumps(plain_cues(response.cues)) if response.cues else None)
         imp["request_id"].extend([rid] * len(pids))
         imp["product_id"].extend(pids)
         imp["rank"].extend(ranks)
@@ -742,7 +745,8 @@ def _run_day(
             refined = answer(rid, all_ids[user], choice, ts + 3000) if choice and answer else None
             if refined is not None and refined.results:  # the question re-ran the search
                 k = len(pids)
-                response, cues = refined, plain_cues(refined.cues)
+                # the question the user answered stays on screen above the refined list
+                response, cues = refined, cues + plain_cues(refined.cues)
                 pids = [h.product_id for h in refined.results]
                 ranks = [k + (h.rank or i + 1) for i, h in enumerate(refined.results)]
                 imp["request_id"].extend([rid] * len(pids))
@@ -831,6 +835,9 @@ def _run_day(
             if any(d is not None and field.name in d for d in decisions):
                 values = [d.get(field.name) if d is not None else None for d in decisions]
                 requests = requests.append_column(field, pa.array(values, field.type))
+    if any(c is not None for c in shown_cues):  # what the tools put on screen beside the results
+        field = REQUESTS.optional.field("cues")
+        requests = requests.append_column(field, pa.array(shown_cues, field.type))
     return {
         REQUESTS: requests,
         IMPRESSIONS: pa.Table.from_pydict(imp, schema=IMPRESSIONS.schema),
