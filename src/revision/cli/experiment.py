@@ -274,6 +274,14 @@ def loop(
     seed: Annotated[int, typer.Option(help="Traffic seed of the first week.")] = 0,
     epochs: Annotated[int, typer.Option(min=1, help="Planner SFT epochs per week.")] = 4,
     grpo_steps: Annotated[int, typer.Option(min=0, help="Planner GRPO steps per week.")] = 30,
+    period_days: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Days between pipeline runs (Table III ablation: 4, 8, 16); --weeks "
+            "counts these periods, --requests stays per 7 days.",
+        ),
+    ] = 7,
     warehouse: WarehouseOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -281,7 +289,11 @@ def loop(
     (baseline vs the planner the weekly pipeline published from the weeks before), and the
     pipeline mines that week's logs too (tools shown and used included).
 
-    Example: revision experiment loop --weeks 3 --requests 8000
+    Examples:
+
+      revision experiment loop --weeks 3 --requests 8000
+
+      revision experiment loop --weeks 8 --period-days 4   # mining every 4 days
     """
     from revision.experiment.loop import run_loop
 
@@ -294,6 +306,7 @@ def loop(
         seed=seed,
         sft_epochs=epochs,
         grpo_steps=grpo_steps,
+        period_days=period_days,
     )
     if json:
         print_json(report)

@@ -14,6 +14,7 @@ that both arms are resampled in one vectorised pass.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,17 @@ def _between(days: tuple[str, str] | None) -> str:
     return f"WHERE CAST(q.day AS VARCHAR) BETWEEN '{first}' AND '{last}'"
 
 
+def _where(warehouse: Warehouse, days: tuple[str, str] | None) -> str:
+    """` between FIRST and LAST (days logged: …)`: where an error about a days range looked."""
+    if days is None:
+        return ""
+    logged = sorted(
+        p.name[3:] for p in warehouse.table_dir(REQUESTS).iterdir() if p.name.startswith("dt=")
+    )
+    span = f" (days logged: {logged[0]} … {logged[-1]})" if logged else ""
+    return f" between {days[0]} and {days[1]}{span}"
+
+
 def _user_sums(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby("user_id")[list(SUMS)].sum()
 
@@ -135,7 +147,8 @@ def compare(
         p_b, b_b = stats[baseline][0][m][0], stats[baseline][1][m]
         p_a, b_a = stats[arm][0][m][0], stats[arm][1][m]
         lift = p_a / p_b - 1 if p_b else np.nan
-        boot = b_a / b_b - 1
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 replicates are dropped
+            boot = b_a / b_b - 1
         boot = boot[np.isfinite(boot)]
         if len(boot) == 0 or not np.isfinite(lift):
             lifts[m] = {"lift": None}
@@ -166,11 +179,37 @@ def analyze(
     intent on the trigger subset when the simulator's truth exists; daily no-click series.
     `days` = (first, last) restricts to an experiment's days."""
     frame = request_table(warehouse, window, days)
+    notes: list[str] = []
+    if frame.empty:
+        raise InputError(f"no requests in {REQUESTS}{_where(warehouse, days)}")
+    logged_arms = sorted(frame["arm"].dropna().unique())
+    if not logged_arms:
+        raise InputError(
+            f"every request in {REQUESTS}{_where(warehouse, days)} has an empty `variant`: "
+            "an experiment's logs name each request's arm"
+        )
     if humans_only and "is_bot" in frame:
         frame = frame[~frame["is_bot"].fillna(False).astype(bool)]
     arms = sorted(frame["arm"].dropna().unique())
+    for arm in logged_arms:
+        if arm not in arms:
+            notes.append(f"arm {arm}: no human requests (only bots), left out")
     if baseline not in arms:
-        raise InputError(f"no requests of the baseline arm {baseline!r}; arms: {', '.join(arms)}")
+        what = "only bots' requests" if baseline in logged_arms else "no requests"
+        raise InputError(
+            f"{what} of the baseline arm {baseline!r}{_where(warehouse, days)}; "
+            f"arms with requests: {', '.join(arms) or 'none'}"
+        )
+    if days is not None:
+        first, last = (date.fromisoformat(str(d)) for d in days)
+        seen = set(frame["day"])
+        empty = [
+            d.isoformat()
+            for d in (first + timedelta(days=i) for i in range((last - first).days + 1))
+            if d.isoformat() not in seen
+        ]
+        if empty:
+            notes.append(f"no requests on {len(empty)} day(s) of the range: {', '.join(empty)}")
     has_trigger = frame["triggered"].notna().any()
     out: dict[str, Any] = {
         "arms": arms,
@@ -179,7 +218,7 @@ def analyze(
         "trigger_share": _round(frame["triggered"].fillna(False).mean()) if has_trigger else None,
         "all": {},
         "triggered": {},
-        "notes": [],
+        "notes": notes,
     }
     if not has_trigger:
         out["notes"].append("no `triggered` column in the logs: no trigger-subset figures")

@@ -35,6 +35,8 @@ def assign(user_id: str, arms: Sequence[str], weights: Sequence[float], salt: st
     >>> assign("u1", arms, [0.5, 0.5]) == assign("u1", arms, [0.5, 0.5])
     True
     """
+    if len(arms) != len(weights) or not arms:
+        raise ValueError(f"{len(arms)} arms and {len(weights)} weights: give one weight per arm")
     digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
     u = int.from_bytes(digest, "big") / 2**64 * sum(weights)
     total = 0.0

@@ -76,7 +76,10 @@ def no_click(ctx: RunContext) -> dict:
 
 
 def mine(ctx: RunContext) -> dict:
+    import pyarrow.compute as pc
+
     from revision.mining.runner import run_mining
+    from revision.tables import SIGNALS
 
     summary = run_mining(
         ctx.warehouse,
@@ -86,7 +89,10 @@ def mine(ctx: RunContext) -> dict:
     )
     if not summary.complete:
         raise InputError(f"mining run week-{ctx.tag} did not complete: rerun the stage")
-    return {"run": summary.run, "requests": summary.requests, "signals": summary.signals}
+    # the run's rows, not this invocation's: a resumed run wrote only the batches it had left
+    signals = ctx.warehouse.read(SIGNALS, columns=["run"]).column("run")
+    total = int(pc.sum(pc.equal(signals, summary.run)).as_py() or 0)
+    return {"run": summary.run, "requests": summary.requests, "signals": total}
 
 
 def cluster(ctx: RunContext) -> dict:
