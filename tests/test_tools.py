@@ -432,6 +432,32 @@ def test_overrunning_tool_times_out_and_the_response_does_not_wait(executor, que
     assert Stuck.entered.wait(30) and not Stuck.left.is_set()
 
 
+def test_a_caller_that_gives_up_releases_the_search_thread(executor, queries, test_tools):
+    """The caller stops waiting while a hook waits on its loop (which then never runs again):
+    the hook must give up, or the search thread is lost for good (and the process cannot
+    exit: interpreter shutdown joins the pool's threads)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    ex = PlanExecutor(executor.pipeline, test_tools, timeout_ms=60_000)
+    ex._pools = {"revision-search": ThreadPoolExecutor(1, thread_name_prefix="one-search")}
+    _, photo, vector = queries[0]
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(TimeoutError):
+            loop.run_until_complete(
+                asyncio.wait_for(ex.arun(_query(photo, vector), "(13)"), timeout=0.5)
+            )
+        assert Stuck.entered.wait(30)  # the hook is waiting for the stuck tool
+        # the loop is not run again; the only search thread must come free anyway
+        assert ex.search_pool.submit(lambda: "free").result(timeout=60) == "free"
+        assert not Stuck.left.is_set()  # released before the tool ended, not by it
+    finally:
+        Stuck.release.set()
+        ex.close()
+        loop.close()
+
+
 def test_independent_tools_run_concurrently(executor, queries, test_tools):
     """Two runs of a tool that meet at a barrier: run one after the other, the first would
     wait alone until the barrier breaks (and fail); run together, both pass it."""

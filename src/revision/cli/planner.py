@@ -94,7 +94,7 @@ def train(
         typer.Option("--model", help="trl: a Qwen2.5-VL model folder.", show_default=False),
     ] = None,
     out: OutOpt = None,
-    epochs: Annotated[int, typer.Option(min=1, help="SFT epochs.")] = 6,
+    epochs: Annotated[int, typer.Option(min=1, help="SFT epochs.")] = 8,
     grpo_steps: Annotated[int, typer.Option(min=0, help="GRPO steps (0: SFT only).")] = 60,
     generations: Annotated[int, typer.Option(min=2, help="GRPO group size G.")] = 8,
     dropout: Annotated[
@@ -115,7 +115,7 @@ def train(
 
     Examples:
 
-      revision planner train --epochs 6 --grpo-steps 60
+      revision planner train --epochs 8 --grpo-steps 60
 
       revision planner train --backend trl --model ./Qwen2.5-VL-3B-Instruct --out runs/r1
     """

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -345,16 +345,21 @@ class PlanExecutor:
 
         def main_search() -> None:
             try:
-                response = pipeline.run(query, started)
-            except BaseException as exc:  # hand every outcome back to the loop
-                loop.call_soon_threadsafe(_settle, done, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, done, response, None)
+                try:
+                    outcome = (pipeline.run(query, started), None)
+                except BaseException as exc:  # hand every outcome back to the loop
+                    outcome = (None, exc)
+                loop.call_soon_threadsafe(_settle, done, *outcome)
+            except RuntimeError:  # the loop is closed: its caller stopped waiting long ago
+                pass
             finally:
                 run.query_info.understood.set()  # nobody waits for a vector that never comes
 
         self.search_pool.submit(main_search)
-        return await done
+        try:
+            return await done
+        finally:  # after the search (a no-op), or the caller stopped waiting: release the hooks
+            run.abandon()
 
 
 class PlannedPipeline:
@@ -441,6 +446,19 @@ class _Run:
         self.by_stage = {
             s: [st for st in dag.plan.steps if dag.stage_of(st.index) == s] for s in ToolStage
         }
+        # hook calls in flight on the loop, cancelled when the caller stops waiting (otherwise a
+        # coroutine scheduled just before its loop closed would block a search thread forever)
+        self._pending: set[Future] = set()
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        """The caller stopped waiting: hooks still waiting on the loop give up, new ones skip."""
+        with self._lock:
+            self._abandoned = True
+            pending, self._pending = self._pending, set()
+        for future in pending:
+            future.cancel()
 
     # -- hooks (called on the main-search thread) ------------------------------------------------
     def hooks(self) -> dict[Stage, list]:
@@ -462,16 +480,25 @@ class _Run:
 
     def _guarded(self, ctx: SearchContext, stages: list[ToolStage], coro) -> None:
         """Run `coro` on the loop; whatever goes wrong, the main search carries on."""
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError as exc:  # the request's loop is gone: its caller stopped waiting
-            coro.close()
-            self._record_missing(ctx, stages, exc)
-            return
+        with self._lock:
+            try:
+                if self._abandoned:
+                    raise RuntimeError("the request was abandoned by its caller")
+                future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            except RuntimeError as exc:  # the request's loop is gone: its caller stopped waiting
+                coro.close()
+                self._record_missing(ctx, stages, exc)
+                return
+            self._pending.add(future)
         try:
             future.result()
+        except CancelledError:  # abandoned while waiting
+            self._record_missing(ctx, stages, RuntimeError("the request was abandoned"))
         except Exception as exc:  # the executor's own failure: record it, keep the baseline
             self._record_missing(ctx, stages, exc)
+        finally:
+            with self._lock:
+                self._pending.discard(future)
 
     def _record_missing(self, ctx: SearchContext, stages: list[ToolStage], exc: Exception):
         """A trace entry for each tool of `stages` that has none yet."""
