@@ -29,7 +29,7 @@ from revision.search._base import Query
 from revision.search.engine import SearchEngine
 from revision.search.pipeline import SearchPipeline
 from revision.tools.builtin.preference import answer
-from revision.tools.builtin.text_search import _QUERY_CACHE
+from revision.tools.builtin.text_search import TextSearch
 from revision.tools.executor import PlanExecutor
 from revision.vision.images import load_image
 from revision.vision.query_photos import make_query_photo
@@ -72,8 +72,12 @@ def _query(vector, image, top_k=10) -> Query:
     return Query(source="bench", vector=vector, image=image, top_k=top_k)
 
 
+_FORGET: list = []  # set by `latency`: empties the text-search tool's query memo
+
+
 def _timed(run) -> tuple[float, object]:
-    _QUERY_CACHE.clear()  # worst case: every text query is new to the e5 encoder
+    for forget in _FORGET:
+        forget()  # worst case: every text query is new to the e5 encoder
     t = time.perf_counter()
     response = run()
     return (time.perf_counter() - t) * 1000, response
@@ -84,6 +88,8 @@ def latency(executor: PlanExecutor, n: int, seed: int) -> dict:
     from a decoded photo (encoding included: tools that need no embedding overlap with it)."""
     engine = executor.engine
     pipeline = executor.pipeline
+    memo = executor.component(TextSearch.name).searcher(executor.catalog).queries
+    _FORGET[:] = [memo.clear]
     rng = np.random.default_rng(seed)
     ids = rng.choice(np.array(engine.index.ids_), size=min(n, len(engine.index)), replace=False)
     photos, vectors, encode_ms = [], [], []
@@ -129,7 +135,7 @@ def latency(executor: PlanExecutor, n: int, seed: int) -> dict:
                 ms, r = _timed(lambda name=name, query=query: executor.run(query(), configs[name]))
                 total[name].append(ms)
                 added[name].append(ms - b)
-                dropped[name] += sum(e["status"] != "ok" for e in r.trace)
+                dropped[name] += sum(e.status != "ok" for e in r.trace)
         block: dict = {
             "baseline_ms": {"p50": _q(base_ms, 0.5), "p99": _q(base_ms, 0.99)},
             "configs": {},
@@ -205,9 +211,9 @@ def intents(executor: PlanExecutor, per_intent: int, seed: int, only=None) -> di
             hit = satisfied(intent, target, tuned, **kw)
             tool_ok += hit
             if intent == PREFERENCE:
-                question = next((c for c in tuned.cues if c.get("type") == "question"), None)
-                offered = question is not None and preferred in question.get("options", ())
-                if offered and question["attribute"] == params.preference_attribute:
+                question = next((c for c in tuned.cues if c.type == "question"), None)
+                offered = question is not None and preferred in question.options
+                if offered and question.attribute == params.preference_attribute:
                     again = answer(executor, _query(vector, photo), question, preferred)
                     again.cues = [*again.cues, question]
                     answered_ok += satisfied(intent, target, again, **kw)
