@@ -855,3 +855,35 @@ def test_pipeline_runner_rejects_bad_arguments(loop_copy):
         run_pipeline(wh, "2030-01-07", stages=("train",))
     changed = {k for k, v in _files(wh.root).items() if files.get(k) != v}
     assert not any("train" in k or "planner/runs" in k for k in changed), changed
+
+
+def test_planner_commands_from_data_to_predict(loop_copy):
+    """The README's sequence on the loop's warehouse: data, train, eval (of the run just
+    trained, with nothing newer published), publish, predict."""
+    from typer.testing import CliRunner
+
+    from revision.catalog.schema import load_products
+    from revision.cli.main import app
+
+    wh, _ = loop_copy
+    runner = CliRunner()
+    base = ["--warehouse", str(wh.root), "--json"]
+
+    def run(*args: str) -> dict:
+        result = runner.invoke(app, ["planner", *args, *base])
+        assert result.exit_code == 0, result.output[-2000:]
+        return json.loads(result.stdout)
+
+    assert run("data")["samples"]["train"] > 0
+    trained = run("train", "--epochs", "1", "--grpo-steps", "2")
+    latest = wh.root / "artifacts" / "planner" / "runs" / "latest"
+    assert trained["final"].startswith(str(latest)) and trained["parameters"] > 0
+    figures = run("eval")
+    assert figures["checkpoint"] == str(latest)  # the run just trained, not the published one
+    assert figures["answers"]["requests"] > 0 and "bleu4" in figures["thinking"]
+    published = run("publish")
+    assert published["checkpoint"] and published["version"]
+    photo = wh.resolve(load_products(wh)["image_path"].iloc[0])
+    answer = run("predict", str(photo))
+    assert answer["error"] is None and answer["planner_version"] == published["version"]
+    assert answer["plan"].startswith("<think>") and len(answer["tools"]) <= 3

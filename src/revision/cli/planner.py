@@ -195,7 +195,8 @@ def evaluate(
     warehouse: WarehouseOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Evaluate a planner on the held-out test split (paper Table IV shape).
+    """Evaluate a planner on the held-out test split (paper Table IV shape): by default the
+    latest training run (artifacts/planner/runs/latest), else the published planner.
 
     Answers: tool match, order match, set match, tools per plan, per main category. Thinking:
     BLEU-4, CIDEr, METEOR, ROUGE-L and a semantic score. With the simulator's truth (evaluation
@@ -206,6 +207,8 @@ def evaluate(
     from revision.eval.planner import evaluate_planner
 
     wh = open_warehouse(warehouse)
+    if checkpoint is None and (_default_out(wh) / "final.json").is_file():
+        checkpoint = _default_out(wh)  # what `revision planner train` just wrote
     figures = evaluate_planner(wh, checkpoint)
     if report is not None:
         report.write_text(jsonlib.dumps(figures, indent=2, default=str))
