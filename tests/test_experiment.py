@@ -878,6 +878,9 @@ def test_planner_commands_from_data_to_predict(loop_copy):
     trained = run("train", "--epochs", "1", "--grpo-steps", "2")
     latest = wh.root / "artifacts" / "planner" / "runs" / "latest"
     assert trained["final"].startswith(str(latest)) and trained["parameters"] > 0
+    again = run("train", "--epochs", "1", "--grpo-steps", "0")  # a second run: a fresh folder
+    assert again["final"].startswith(str(latest))
+    assert [p.name.startswith("run-") for p in latest.parent.iterdir()].count(True) == 1
     figures = run("eval")
     assert figures["checkpoint"] == str(latest)  # the run just trained, not the published one
     assert figures["answers"]["requests"] > 0 and "bleu4" in figures["thinking"]

@@ -126,7 +126,15 @@ def train(
     wh = open_warehouse(warehouse)
     doc = toollist.load(wh)
     samples = load_samples(wh, "train", expected_digest=doc.digest)
-    out = out or _default_out(wh)
+    if out is None:
+        out = _default_out(wh)
+        if not resume and out.is_dir() and any(out.iterdir()):
+            # a new run in the default folder: the previous one is kept beside it, renamed
+            # (publications hold their own copy, so nothing published moves)
+            import time
+
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(out.stat().st_mtime))
+            out.rename(out.with_name(f"run-{stamp}"))
     if backend == "trl":
         from revision.planner.trl_backend import TRLConfig, to_chat_dataset, train_grpo, train_sft
 
