@@ -28,6 +28,7 @@ import numpy as np
 from revision.search._base import Query
 from revision.search.engine import SearchEngine
 from revision.search.pipeline import SearchPipeline
+from revision.tools._registry import default_tool_list
 from revision.tools.builtin.preference import answer
 from revision.tools.builtin.text_search import TextSearch
 from revision.tools.executor import PlanExecutor
@@ -309,7 +310,8 @@ def main(argv=None) -> None:
 
     warehouse = Warehouse(args.warehouse)
     engine = SearchEngine.open(warehouse)
-    executor = PlanExecutor(SearchPipeline(engine), timeout_ms=args.timeout_ms)
+    # the eight default tools by their default indices, whatever tool list the warehouse holds
+    executor = PlanExecutor(SearchPipeline(engine), default_tool_list(), timeout_ms=args.timeout_ms)
     result: dict = {"machine": f"{os.cpu_count()} CPU cores", "products": len(engine.index)}
     if not args.skip_latency or not args.intents or "similar" in args.intents:
         started = time.perf_counter()
