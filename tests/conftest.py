@@ -92,6 +92,35 @@ def built_warehouse(small_hm, tmp_path_factory):
     return read_only("built_warehouse", warehouse)
 
 
+def small_world(products: int = 80, low_photos: int = 12):
+    """The default world with a smaller photo pool (fewer photos to render in a test)."""
+    from revision.sim.world import load_world
+
+    world = load_world()
+    low = world.photos.low_quality.model_copy(update={"photos": low_photos})
+    photos = world.photos.model_copy(update={"products": products, "low_quality": low})
+    return world.model_copy(update={"photos": photos})
+
+
+def copy_with_heads(built_warehouse, root: Path, augment: int = 30, eval_queries: int = 5,
+                    epochs: int = 10):  # fmt: skip
+    """A copy of `built_warehouse` at `root` with attribute heads trained (mining reads them):
+    (warehouse, its search engine)."""
+    from revision.search.engine import SearchEngine
+    from revision.vision.training import train_attributes
+    from revision.warehouse import Warehouse
+
+    shutil.copytree(built_warehouse.root, root)
+    wh = Warehouse(root)
+    engine = SearchEngine.open(wh)
+    products, raw = engine.products.loc[engine.index.ids_], engine.raw_vectors
+    train_attributes(
+        wh, products, raw, engine.encode, augment=augment, eval_queries=eval_queries,
+        epochs=epochs,
+    )  # fmt: skip
+    return wh, engine
+
+
 # fixture name -> (root, files) of a warehouse shared by many tests, which none may change
 _SHARED: dict[str, tuple[Path, dict[str, tuple[int, int]]]] = {}
 

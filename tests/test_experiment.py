@@ -471,12 +471,9 @@ ALL_ARMS = ("baseline", "revision", "always_all", "random_plan", "oracle")
 
 def small_world(path, products: int, low_photos: int):
     """The default world with a smaller photo pool, written to `path`."""
-    from revision.sim.world import load_world
+    from conftest import small_world as world_with
 
-    world = load_world()
-    low = world.photos.low_quality.model_copy(update={"photos": low_photos})
-    photos = world.photos.model_copy(update={"products": products, "low_quality": low})
-    world = world.model_copy(update={"photos": photos})
+    world = world_with(products=products, low_photos=low_photos)
     path.write_text(yaml.safe_dump(world.model_dump()))
     return world, path
 
@@ -654,18 +651,12 @@ LOOP = {"weeks": 2, "users": 150, "requests": 700, "seed": 4, "sft_epochs": 1, "
 def loop(built_warehouse, tmp_path_factory):
     """Two weeks of the loop on the small catalog (with attribute heads, which mining reads):
     (warehouse, report). Read-only."""
-    from conftest import read_only
+    from conftest import copy_with_heads, read_only
     from revision.experiment.loop import run_loop
-    from revision.search.engine import SearchEngine
     from revision.settings import get_settings
-    from revision.vision.training import train_attributes
 
     tmp = tmp_path_factory.mktemp("loop")
-    shutil.copytree(built_warehouse.root, tmp / "warehouse")
-    wh = Warehouse(tmp / "warehouse")
-    engine = SearchEngine.open(wh)
-    products, raw = engine.products.loc[engine.index.ids_], engine.raw_vectors
-    train_attributes(wh, products, raw, engine.encode, augment=4, eval_queries=2, epochs=3)
+    wh, _ = copy_with_heads(built_warehouse, tmp / "warehouse", augment=4, eval_queries=2, epochs=3)
     _, world = small_world(tmp / "world.yaml", products=80, low_photos=12)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("REVISION_HOME", str(tmp / "home"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -94,23 +93,13 @@ def task_states(env: dict[str, str], logical_date: str, what: str = "state") -> 
 @pytest.fixture(scope="module")
 def week(built_warehouse, tmp_path_factory) -> Warehouse:
     """The small catalog, its attribute heads and four simulated days (2025-06-02 … 05)."""
-    from revision.search.engine import SearchEngine
+    from conftest import copy_with_heads, small_world
     from revision.search.pipeline import SearchPipeline
     from revision.sim.traffic import simulate
-    from revision.sim.world import load_world
-    from revision.vision.training import train_attributes
 
     root = tmp_path_factory.mktemp("weekly") / "warehouse"
-    shutil.copytree(built_warehouse.root, root)
-    wh = Warehouse(root)
-    engine = SearchEngine.open(wh)
-    products, raw = engine.products.loc[engine.index.ids_], engine.raw_vectors
-    train_attributes(wh, products, raw, engine.encode, augment=30, eval_queries=5, epochs=10)
-    world = load_world()
-    low = world.photos.low_quality.model_copy(update={"photos": 12})
-    photos = world.photos.model_copy(update={"products": 80, "low_quality": low})
-    world = world.model_copy(update={"photos": photos})
-    simulate(world, SearchPipeline(engine), wh, users=300, days=4, requests=1200, seed=4)
+    wh, engine = copy_with_heads(built_warehouse, root)
+    simulate(small_world(), SearchPipeline(engine), wh, users=300, days=4, requests=1200, seed=4)
     return wh
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -204,23 +203,13 @@ def test_the_guard_refuses_and_records_every_route_to_the_truth(tmp_path, monkey
 def simulated(built_warehouse, tmp_path_factory) -> Path:
     """The small catalog, its attribute heads and two simulated days (default world, a small
     photo pool), written with an ordinary warehouse."""
-    from revision.search.engine import SearchEngine
+    from conftest import copy_with_heads, small_world
     from revision.search.pipeline import SearchPipeline
     from revision.sim.traffic import simulate
-    from revision.sim.world import load_world
-    from revision.vision.training import train_attributes
 
     root = tmp_path_factory.mktemp("truthless") / "warehouse"
-    shutil.copytree(built_warehouse.root, root)
-    wh = Warehouse(root)
-    engine = SearchEngine.open(wh)
-    products, raw = engine.products.loc[engine.index.ids_], engine.raw_vectors
-    train_attributes(wh, products, raw, engine.encode, augment=30, eval_queries=5, epochs=10)
-    world = load_world()
-    low = world.photos.low_quality.model_copy(update={"photos": 12})
-    photos = world.photos.model_copy(update={"products": 80, "low_quality": low})
-    world = world.model_copy(update={"photos": photos})
-    simulate(world, SearchPipeline(engine), wh, users=300, days=2, requests=2400, seed=4)
+    wh, engine = copy_with_heads(built_warehouse, root)
+    simulate(small_world(), SearchPipeline(engine), wh, users=300, days=2, requests=2400, seed=4)
     assert wh.exists(TRUTH) and wh.exists(USER_TRUTH)  # the truth is there, to be refused
     return root
 
