@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,11 +39,11 @@ from revision.eval.plans import plan_coverage
 from revision.planner._train import greedy_ids
 from revision.planner.checkpoint import latest_checkpoint, load_checkpoint
 from revision.planner.data import load_samples
-from revision.planner.grpo import GRPOConfig, GRPOTrainer, hard_samples
+from revision.planner.grpo import GRPOConfig, GRPOTrainer
 from revision.planner.infer import tools_of
 from revision.planner.metrics import answer_metrics
 from revision.planner.model import PlannerModel
-from revision.planner.train import PlannerTrainConfig, train_planner
+from revision.planner.train import PlannerTrainConfig, rl_samples, train_planner
 from revision.tables import ASSIGNMENTS
 from revision.tools import load_tools
 from revision.warehouse import Warehouse
@@ -170,11 +169,7 @@ def model_plans(model, test) -> list[list[int]]:
 
 
 def grpo_variant(model, tokenizer, train, digest, out, threads, **kw):
-    hard = hard_samples(model, train)
-    hard_ids = {id(s) for s in hard}
-    easy = [s for s in train if id(s) not in hard_ids]
-    random.Random(0).shuffle(easy)
-    rl = hard + easy[: len(hard) // 2]
+    _, rl = rl_samples(model, train, easy_share=0.5, seed=0)  # as the recipe picks them
     started = time.perf_counter()
     GRPOTrainer(
         model,

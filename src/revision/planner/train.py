@@ -59,6 +59,18 @@ class PlannerTrainConfig:
             raise InputError(f"easy_share={self.easy_share}: use 0 or more")
 
 
+def rl_samples(
+    model: PlannerModel, samples: list[PlannerSample], easy_share: float, seed: int
+) -> tuple[list[PlannerSample], list[PlannerSample]]:
+    """(hard, RL set): the samples the model gets wrong, plus `easy_share` as many it gets
+    right (drawn at random), so GRPO sharpens the former without forgetting the latter."""
+    hard = hard_samples(model, samples)
+    hard_ids = {id(s) for s in hard}
+    easy = [s for s in samples if id(s) not in hard_ids]
+    random.Random(seed).shuffle(easy)
+    return hard, hard + easy[: int(easy_share * len(hard))]
+
+
 @dataclass
 class TrainReport:
     out: str
@@ -124,12 +136,7 @@ def train_planner(
         parameters=model.num_parameters(),
     )
     if not config.skip_grpo:
-        hard = hard_samples(model, samples)
-        hard_ids = {id(s) for s in hard}
-        easy = [s for s in samples if id(s) not in hard_ids]
-        rng = random.Random(config.seed)
-        rng.shuffle(easy)
-        rl = hard + easy[: int(config.easy_share * len(hard))]
+        hard, rl = rl_samples(model, samples, config.easy_share, config.seed)
         report.hard, report.rl_samples = len(hard), len(rl)
         if rl:
             grpo_dir = out / "grpo"
