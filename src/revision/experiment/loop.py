@@ -93,9 +93,11 @@ def run_loop(
 
 def cache_hit_rate(warehouse: Warehouse, days: list[str]) -> float | None:
     """Share of the revision arm's decision-cache lookups on `days` that hit (None: none)."""
-    requests = warehouse.read_pandas(REQUESTS)
-    if "cache" not in requests.columns:
+    names = set(warehouse.dataset(REQUESTS).schema.names)
+    if "cache" not in names:
         return None
+    columns = [c for c in ("dt", "variant", "cache") if c in names]
+    requests = warehouse.read_pandas(REQUESTS, columns=columns)  # not the whole request log
     first, last = min(days), max(days)  # `days` may be just the first and the last
     dt = requests["dt"].astype(str)
     looked = requests[(dt >= first) & (dt <= last) & requests["cache"].notna()]
